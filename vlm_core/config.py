@@ -1,0 +1,346 @@
+"""The one run config: a pydantic model that drives the CLI, the PyTorchJobs, the Helm chart and
+the KFP pipeline. Its JSON Schema (``vlm config schema``) is generated from here, never rewritten.
+
+Loading errors name the field, the bad value and what is allowed, e.g.::
+
+    stages.align.learning_rate: Input should be greater than 0 (got -1)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGE_NAMES = ("align", "instruct", "full")
+Stage = Literal["align", "instruct", "full"]
+TrainablePart = Literal["vision", "projector", "llm"]
+DeepSpeedPreset = Literal["none", "zero2", "zero2_offload", "zero3", "zero3_offload"]
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos far more often than intent: reject them.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class VisionConfig(_Section):
+    """A vision encoder: a registry name plus weights (hub id / path) or a random-init config."""
+
+    encoder: str = Field(
+        "clip",
+        description="Registry name of the encoder family: clip, siglip, chinese_clip, dinov2, "
+        "qwen_vl_vit, or auto (any transformers vision model by path).",
+    )
+    name_or_path: str | None = Field(
+        None, description="Hub id or path of pretrained weights; null builds random weights from `config`."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of the encoder's transformers config (random init or pretrained)."
+    )
+    feature_layer: int = Field(-2, description="Hidden-state layer whose features feed the projector.")
+    feature_select: Literal["patch", "cls_patch"] = "patch"
+    image_size: int | None = Field(None, gt=0, description="Input resolution; default: the encoder's.")
+
+
+class ProjectorConfig(_Section):
+    type: str = Field(
+        "mlp2x_gelu", description="linear, identity, mlp{N}x_gelu (e.g. mlp2x_gelu), or cross_attn (Qwen-VL resampler)."
+    )
+    num_queries: int = Field(256, gt=0, description="cross_attn: learned queries = image tokens per image.")
+    num_heads: int | None = Field(None, gt=0, description="cross_attn: attention heads; default hidden/128.")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        import re
+
+        if value in ("linear", "identity", "cross_attn") or re.fullmatch(r"mlp[1-9]\d*x_gelu", value):
+            return value
+        raise ValueError(f"unknown projector type {value!r}; allowed: linear, identity, mlp{{N}}x_gelu, cross_attn")
+
+
+class LLMConfig(_Section):
+    name_or_path: str | None = Field(None, description="Hub id or path of any AutoModelForCausalLM; null: random from `config`.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="transformers config overrides; must name model_type for random init."
+    )
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+
+
+class TokenizerConfig(_Section):
+    name_or_path: str | None = Field(None, description="Tokenizer id or path; default: the LLM's.")
+    train_vocab_size: int = Field(
+        512, gt=0, description="When no tokenizer is given: size of the byte-level BPE trained on the fly."
+    )
+    train_corpus: list[str] = Field(
+        default_factory=list,
+        description="Dataset names (from data.datasets) whose texts train the on-the-fly tokenizer; default: all.",
+    )
+
+
+class ModelConfig(_Section):
+    vision: VisionConfig = VisionConfig()
+    projector: ProjectorConfig = ProjectorConfig()
+    llm: LLMConfig = LLMConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    seed: int = Field(0, description="Seed of random initialisation and of the on-the-fly tokenizer.")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class DatasetSpec(_Section):
+    url: str = Field(description="LLaVA .json/.jsonl, parquet (file or folder), or a staged shard folder (manifest.json).")
+    image_root: str | None = Field(None, description="URL that relative image paths resolve against.")
+    format: Literal["auto", "llava_json", "llava_jsonl", "parquet", "shards"] = "auto"
+    weight: float = Field(1.0, gt=0, description="Relative sampling weight when several datasets are mixed.")
+
+
+class DataConfig(_Section):
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    template: str = Field("vicuna_v1", description="Conversation template (registry name).")
+    image_aspect: Literal["square", "pad"] = Field("pad", description="square: resize; pad: LLaVA's pad-to-square with the mean colour.")
+    max_length: int = Field(2048, gt=0, description="Longest token sequence; longer samples are skipped and counted.")
+    strict: bool = Field(False, description="Make the first bad sample an error instead of skipping it.")
+    num_workers: int = Field(0, ge=0)
+    packing: bool = Field(False, description="Padding-free packing of several samples per sequence.")
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+class LoraConfig(_Section):
+    r: int = Field(64, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class StageConfig(_Section):
+    datasets: list[str] = Field(description="Names from data.datasets mixed in this stage (weights from there).")
+    template: str | None = Field(None, description="Overrides data.template (alignment uses `plain`).")
+    trainable: list[TrainablePart] = Field(description="Parts that learn in this stage.")
+    init_from: str | None = Field(
+        None, description="A stage name (its output under `output`) or a checkpoint URL to start from."
+    )
+    learning_rate: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    per_device_batch_size: int = Field(16, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    bf16: bool = False
+    group_by_modality_length: bool = True
+    lora: LoraConfig | None = None
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept (oldest removed).")
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _length_given(self) -> StageConfig:
+        if (self.epochs is None) == (self.max_steps is None):
+            raise ValueError("give exactly one of epochs or max_steps")
+        if not self.trainable:
+            raise ValueError("trainable must name at least one of vision, projector, llm")
+        return self
+
+
+# ----------------------------------------------------------------------------- distributed, eval, cluster
+
+
+class DistributedConfig(_Section):
+    deepspeed: DeepSpeedPreset = Field("zero2", description="DeepSpeed preset; none runs plain DDP.")
+    nodes: int = Field(1, gt=0)
+    procs_per_node: int = Field(1, gt=0, description="torchrun --nproc-per-node (GPUs per node on a cluster).")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with CUDA, gloo without.")
+
+
+class BenchmarkSpec(_Section):
+    """Where one benchmark's published files live (keys depend on the benchmark)."""
+
+    questions: str | None = None
+    annotations: str | None = None
+    images: str | None = None
+    use_ocr_tokens: bool = False
+
+
+class EvalConfig(_Section):
+    benchmarks: list[str] = Field(default_factory=list, description="Benchmark registry names to run after instruct.")
+    data: dict[str, BenchmarkSpec] = Field(default_factory=dict, description="Per-benchmark file locations.")
+    checkpoint: str | None = Field(None, description="Default: the last trained stage's output.")
+    limit: int | None = Field(None, gt=0, description="Score only the first N questions (smoke runs).")
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(16, gt=0)
+
+
+class ResourceConfig(_Section):
+    gpus_per_node: int = Field(0, ge=0)
+    cpu: str = "4"
+    memory: str = "16Gi"
+    shm_size: str = Field("8Gi", description="Size of the memory-backed /dev/shm (dataloader workers, NCCL).")
+
+
+class StorageConfig(_Section):
+    s3_endpoint: str | None = Field(None, description="Endpoint URL of S3-compatible storage (not a secret).")
+    s3_secret: str | None = Field(
+        None, description="Name of the Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (read by secretKeyRef)."
+    )
+    pvc: str | None = Field(None, description="PersistentVolumeClaim mounted at `pvc_mount` for checkpoints and data.")
+    pvc_mount: str = "/mnt/vlm"
+
+
+class SchedulingConfig(_Section):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    priority_class: str | None = None
+    queue: str | None = Field(None, description="Gang-scheduling queue (Volcano / scheduler-plugins).")
+    gang: bool = Field(False, description="Ask the operator for gang scheduling (schedulingPolicy).")
+
+
+class ClusterConfig(_Section):
+    """How the stages run on Kubernetes. Plain data: vlm_core never talks to a cluster."""
+
+    image: str = "ghcr.io/vlm-platform/vlm-platform:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    namespace: str = "vlm"
+    service_account: str = "vlm-launcher"
+    resources: ResourceConfig = ResourceConfig()
+    storage: StorageConfig = StorageConfig()
+    scheduling: SchedulingConfig = SchedulingConfig()
+    restart_policy: Literal["OnFailure", "ExitCode", "Never", "Always"] = "OnFailure"
+    backoff_limit: int = Field(3, ge=0)
+    clean_pod_policy: Literal["None", "Running", "All"] = "None"
+    ttl_seconds_after_finished: int | None = Field(86400, ge=0)
+    active_deadline_seconds: int | None = Field(None, gt=0)
+    elastic_min_nodes: int | None = Field(None, gt=0, description="Enable elasticPolicy with this many nodes at least.")
+    config_map: str | None = Field(None, description="ConfigMap holding the run config; default <name>-config.")
+
+
+# ----------------------------------------------------------------------------- the run config
+
+
+class RunConfig(_Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)] = Field(
+        "vlm-run", description="Run name (a DNS label: it names the PyTorchJobs)."
+    )
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    stages: dict[Stage, StageConfig] = Field(default_factory=dict)
+    distributed: DistributedConfig = DistributedConfig()
+    eval: EvalConfig = EvalConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    output: str = Field("runs/vlm-run", description="URL under which checkpoints, TensorBoard logs and eval results go.")
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RunConfig:
+        for stage_name, stage in self.stages.items():
+            for ds in stage.datasets:
+                if ds not in self.data.datasets:
+                    known = ", ".join(sorted(self.data.datasets)) or "none defined"
+                    raise ValueError(
+                        f"stages.{stage_name}.datasets names {ds!r}, which is not in data.datasets (known: {known})"
+                    )
+            if stage.init_from in STAGE_NAMES and stage.init_from not in self.stages:
+                raise ValueError(f"stages.{stage_name}.init_from names stage {stage.init_from!r}, which is not configured")
+        return self
+
+    # -- paths derived from `output`, in one place so every layer agrees
+
+    def stage_output(self, stage: str) -> str:
+        from vlm_core.storage import join
+
+        return join(self.output, stage)
+
+    def tensorboard_dir(self, stage: str) -> str:
+        from vlm_core.storage import join
+
+        return join(self.output, "tensorboard", stage)
+
+    def eval_output(self) -> str:
+        from vlm_core.storage import join
+
+        return join(self.output, "eval")
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in self.stages:
+            raise ConfigError(f"stage {name!r} is not configured; configured: {', '.join(self.stages) or 'none'}")
+        return self.stages[name]
+
+    def resolve_init(self, stage: str) -> str | None:
+        """The checkpoint URL a stage starts from (a stage name resolves to that stage's output)."""
+        init = self.stage(stage).init_from
+        if init in STAGE_NAMES:
+            return self.stage_output(init)
+        return init
+
+    def last_stage(self) -> str:
+        order = [s for s in ("full", "align", "instruct") if s in self.stages]
+        if not order:
+            raise ConfigError("no stages configured")
+        return order[-1]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message says which field and why."""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid run config"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(url: str | Path) -> RunConfig:
+    """Load a run config from a YAML file at any fsspec URL."""
+    from vlm_core import storage
+
+    url = str(url)
+    try:
+        text = storage.read_text(url)
+    except FileNotFoundError:
+        raise ConfigError(f"{url}: no such config file") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{url}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{url}: a run config is a mapping, got {type(data).__name__}")
+    return parse_config(data, source=url)
+
+
+def json_schema() -> dict[str, Any]:
+    return RunConfig.model_json_schema()
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
