@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vlm_core.cli import main
+from vlm_core.config import ConfigError, load_config, parse_config
+from vlm_core.registry import Registry
+
+MINIMAL = {
+    "data": {"datasets": {"caps": {"url": "data/align.jsonl"}}},
+    "stages": {"align": {"datasets": ["caps"], "trainable": ["projector"], "max_steps": 10}},
+}
+
+
+def test_minimal_config_fills_defaults():
+    cfg = parse_config(MINIMAL)
+    assert cfg.stage("align").learning_rate > 0
+    assert cfg.stage_output("align") == "runs/vlm-run/align"
+    assert cfg.tensorboard_dir("align") == "runs/vlm-run/tensorboard/align"
+
+
+def test_error_names_field_value_and_allowed(tmp_path):
+    bad = json.loads(json.dumps(MINIMAL))
+    bad["stages"]["align"]["learning_rate"] = -1
+    bad["distributed"] = {"deepspeed": "zero9"}
+    bad["model"] = {"projector": {"type": "mlp2x_relu"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(bad, source="x.yaml")
+    msg = str(info.value)
+    assert "stages.align.learning_rate" in msg and "-1" in msg
+    assert "distributed.deepspeed" in msg and "'zero9'" in msg and "zero3_offload" in msg
+    assert "model.projector.type" in msg and "mlp{N}x_gelu" in msg
+
+
+def test_unknown_field_and_dangling_dataset_rejected():
+    typo = {**MINIMAL, "outptu": "x"}
+    with pytest.raises(ConfigError, match="outptu: unknown field"):
+        parse_config(typo)
+    dangling = json.loads(json.dumps(MINIMAL))
+    dangling["stages"]["align"]["datasets"] = ["nope"]
+    with pytest.raises(ConfigError, match="'nope', which is not in data.datasets"):
+        parse_config(dangling)
+
+
+def test_epochs_xor_max_steps():
+    both = json.loads(json.dumps(MINIMAL))
+    both["stages"]["align"]["epochs"] = 1
+    with pytest.raises(ConfigError, match="exactly one of epochs or max_steps"):
+        parse_config(both)
+
+
+def test_cli_validate_and_schema(tmp_path):
+    import yaml
+
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(MINIMAL))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages: [1, 2]\n")
+    runner = CliRunner()
+    ok = runner.invoke(main, ["config", "validate", str(good)])
+    assert ok.exit_code == 0, ok.output
+    fail = runner.invoke(main, ["config", "validate", str(bad)])
+    assert fail.exit_code == 1 and "stages" in fail.output
+    schema = json.loads(runner.invoke(main, ["config", "schema"]).output)
+    assert set(schema["properties"]) >= {"model", "data", "stages", "distributed", "eval", "output"}
+    assert load_config(good).stages["align"].max_steps == 10
+
+
+def test_registry_unknown_name_lists_known():
+    reg: Registry[int] = Registry("widget")
+    reg.add("a", 1)
+    with pytest.raises(KeyError, match="unknown widget 'b'; known: a"):
+        reg.get("b")
+    with pytest.raises(ValueError):
+        reg.add("a", 2)
