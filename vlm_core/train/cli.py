@@ -1,0 +1,40 @@
+"""`vlm train` and `vlm export`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("train")
+@click.option("--config", "config_url", required=True, help="Run config YAML (any fsspec URL).")
+@click.option("--stage", required=True, type=click.Choice(["align", "instruct", "full"]))
+@click.option("--resume", default=None, help="'auto' continues from the newest checkpoint; or a checkpoint path.")
+@click.option("--max-steps", type=int, default=None, help="Override the stage's length (smoke runs).")
+def train_command(config_url: str, stage: str, resume: str | None, max_steps: int | None) -> None:
+    """Train one STAGE of a run config (run it under torchrun for several processes)."""
+    import logging
+
+    from vlm_core.config import ConfigError, load_config
+    from vlm_core.train.run import train_stage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(config_url)
+        cfg.stage(stage)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+    if max_steps is not None:
+        cfg.stages[stage] = cfg.stages[stage].model_copy(update={"max_steps": max_steps, "epochs": None})
+    url = train_stage(cfg, stage, resume=resume)
+    click.echo(url)
+
+
+@click.command("export")
+@click.option("--checkpoint", required=True, help="A stage output (full model or LoRA adapter).")
+@click.option("--out", "out_url", required=True, help="Where to write the exported, self-contained checkpoint.")
+@click.option("--merge-lora/--no-merge-lora", default=True, help="Fold LoRA adapters into the weights.")
+def export_command(checkpoint: str, out_url: str, merge_lora: bool) -> None:
+    """Export a checkpoint as one self-contained model folder (LoRA merged)."""
+    from vlm_core.train.export import export_checkpoint
+
+    click.echo(export_checkpoint(checkpoint, out_url, merge_lora=merge_lora))

@@ -1,0 +1,100 @@
+"""The HF Trainer, taught three things a VLM run needs: per-dataset loss, throughput, and a
+modality/length grouped sampler. Everything else (DeepSpeed, clipping, schedules, checkpoint
+rotation, resume) is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from vlm_core.train.sampler import ModalityLengthGroupedSampler
+
+IGNORE_INDEX = -100
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample summed next-token loss and per-sample count of scored tokens."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    losses = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(shift_labels.shape)
+    counts = (shift_labels != IGNORE_INDEX).sum(dim=1)
+    return losses.sum(dim=1), counts
+
+
+class VLMTrainer(Trainer):
+    # compute_loss returns a per-micro-batch mean; the Trainer divides by accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, dataset_names: list[str], lengths: list[int] | None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.dataset_names = dataset_names
+        self.lengths = lengths
+        n = len(dataset_names)
+        # Running sums since the last log: per-dataset (loss, tokens), plus throughput counters.
+        self._dataset_loss = torch.zeros(n, dtype=torch.float64)
+        self._dataset_tokens = torch.zeros(n, dtype=torch.float64)
+        self._seen = torch.zeros(2, dtype=torch.float64)  # samples, non-padding tokens
+        self._last_log_time = time.perf_counter()
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return ModalityLengthGroupedSampler(
+            self.lengths,
+            batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            world_size=self.args.world_size,
+            seed=self.args.seed,
+        )
+
+    def train(self, *args, **kwargs):
+        self._last_log_time = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        dataset_index = inputs.pop("dataset_index", None)
+        outputs = model(**inputs)
+        sums, counts = token_losses(outputs.logits, labels)
+        loss = sums.sum() / counts.sum().clamp(min=1)
+        with torch.no_grad():
+            if dataset_index is not None:
+                idx = dataset_index.detach().cpu()
+                self._dataset_loss.index_add_(0, idx, sums.detach().cpu().double())
+                self._dataset_tokens.index_add_(0, idx, counts.detach().cpu().double())
+            attention = inputs.get("attention_mask")
+            tokens = attention.sum() if attention is not None else inputs["input_ids"].numel()
+            self._seen += torch.tensor([labels.size(0), float(tokens)], dtype=torch.float64)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self.model.training:
+            logs.update(self._interval_metrics())
+        super().log(logs, *args, **kwargs)
+
+    def _interval_metrics(self) -> dict[str, float]:
+        """Per-dataset loss and throughput since the last log, summed over all ranks."""
+        stats = torch.cat([self._dataset_loss, self._dataset_tokens, self._seen])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            device = self.args.device if torch.distributed.get_backend() == "nccl" else "cpu"
+            reduced = stats.to(device)
+            torch.distributed.all_reduce(reduced)
+            stats = reduced.cpu()
+        n = len(self.dataset_names)
+        loss_sums, token_counts, (samples, tokens) = stats[:n], stats[n : 2 * n], stats[2 * n :].tolist()
+        now = time.perf_counter()
+        elapsed = max(now - self._last_log_time, 1e-9)
+        metrics = {"samples_per_sec": round(samples / elapsed, 3), "tokens_per_sec": round(tokens / elapsed, 1)}
+        for name, loss_sum, count in zip(self.dataset_names, loss_sums.tolist(), token_counts.tolist()):
+            if count > 0:
+                metrics[f"loss_{name}"] = round(loss_sum / count, 4)
+        self._dataset_loss.zero_()
+        self._dataset_tokens.zero_()
+        self._seen.zero_()
+        self._last_log_time = now
+        return metrics
