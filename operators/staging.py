@@ -1,0 +1,320 @@
+"""Stage a dataset into object storage as checksummed tar shards (format: ``vlm_core.data.shards``).
+
+The guarantees, and how they are kept:
+
+- *parallel*: images are read and shards uploaded by thread pools; at most ``workers`` built
+  shards wait in memory for their upload, so memory stays near ``2 * workers`` shards;
+- *resumable*: shard bytes are a pure function of the source samples, so a re-run rebuilds the
+  same shard, finds an object of that name and size in the destination, hashes it, and skips
+  the upload when the sha256 matches (a mismatch is reported and the shard re-uploaded);
+- *atomic*: a shard is written under ``_tmp/`` and moved to its final, content-addressed name
+  only when complete; ``manifest.json`` is written last, so a reader either finds no manifest
+  or a complete dataset. Two runs staging into the same destination at once are not supported;
+- *no secrets*: credentials come from the environment through ``vlm_core.storage`` only; the
+  manifest records the source URL with any user info removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from tqdm.auto import tqdm
+
+from vlm_core import storage
+from vlm_core.data.shards import (
+    TAR_TRAILER_MAX,
+    Manifest,
+    ManifestError,
+    PackedSample,
+    ShardInfo,
+    SourceInfo,
+    load_manifest,
+    manifest_url,
+    pack_shard,
+    sha256_hex,
+    shard_name,
+)
+from vlm_core.data.types import RawSample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SAMPLES = 1000
+DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
+TMP_DIR = "_tmp"
+_HASH_CHUNK = 8 * 2**20
+
+# Pillow's format names -> the file extension a tar member gets when the source gave raw bytes.
+_FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
+
+
+def stage_dataset(
+    src_url: str,
+    dest_url: str,
+    *,
+    image_root: str | None = None,
+    fmt: str = "auto",
+    shard_samples: int = DEFAULT_SHARD_SAMPLES,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    workers: int = 8,
+    verify: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Stage the dataset at ``src_url`` (any reader format of ``vlm_core.data.readers``) to ``dest_url``."""
+    from vlm_core.config import DatasetSpec
+    from vlm_core.data.readers import open_source
+
+    source = open_source(DatasetSpec(url=src_url, image_root=image_root, format=fmt))
+    info = SourceInfo(url=redact_url(src_url), format=fmt, fingerprint=source_fingerprint(src_url))
+    return stage_source(
+        source, dest_url, source_info=info, shard_samples=shard_samples, max_shard_bytes=max_shard_bytes, workers=workers, verify=verify, progress=progress
+    )
+
+
+def stage_source(
+    source: Sequence[RawSample],
+    dest_url: str,
+    *,
+    source_info: SourceInfo,
+    shard_samples: int = DEFAULT_SHARD_SAMPLES,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    workers: int = 8,
+    verify: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Stage any random-access sequence of samples (what ``stage_dataset`` does after opening the source)."""
+    if shard_samples < 1:
+        raise ValueError(f"shard_samples must be at least 1, got {shard_samples}")
+    if max_shard_bytes <= TAR_TRAILER_MAX:
+        raise ValueError(f"max_shard_bytes must exceed {TAR_TRAILER_MAX} (the tar trailer), got {max_shard_bytes}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+
+    dest = _Destination(dest_url)
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="stage-read") as reads,
+        ThreadPoolExecutor(workers, thread_name_prefix="stage-put") as puts,
+        tqdm(total=len(source), unit="sample", desc=f"staging to {redact_url(dest_url)}", disable=not progress) as bar,
+    ):
+        waiting = threading.BoundedSemaphore(workers)
+        futures: list[Future[tuple[ShardInfo, bool]]] = []
+
+        def published(future: Future[tuple[ShardInfo, bool]]) -> None:
+            waiting.release()
+            if not future.cancelled() and future.exception() is None:
+                bar.update(future.result()[0].samples)
+
+        try:
+            for index, (data, samples) in enumerate(_build_shards(source, reads, workers, shard_samples, max_shard_bytes)):
+                waiting.acquire()
+                _raise_first_failure(futures)
+                future = puts.submit(dest.publish, index, data, samples)
+                future.add_done_callback(published)
+                futures.append(future)
+            results = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    shards = [shard for shard, _ in results]
+    uploaded = sum(1 for _, was_uploaded in results if was_uploaded)
+    manifest = Manifest(
+        total_samples=sum(s.samples for s in shards),
+        shards=shards,
+        source=source_info,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    storage.write_text_atomic(manifest_url(dest_url), manifest.to_json())  # last: publishes the dataset
+    dest.clean_temporaries()
+    log.info(
+        "staged %d samples in %d shards to %s (%d uploaded, %d already present)",
+        manifest.total_samples, len(shards), redact_url(dest_url), uploaded, len(shards) - uploaded,
+    )
+    if verify:
+        problems = verify_dataset(dest_url, workers=workers, progress=progress)
+        if problems:
+            raise StagingError(f"verification of {redact_url(dest_url)} failed:\n  " + "\n  ".join(problems))
+    return manifest
+
+
+class StagingError(RuntimeError):
+    pass
+
+
+def verify_dataset(dest_url: str, *, workers: int = 8, progress: bool = False) -> list[str]:
+    """Re-read every shard of a staged dataset; one line per problem (empty when all is well)."""
+    try:
+        manifest = load_manifest(dest_url)
+    except ManifestError as err:
+        return [str(err)]
+    dest = _Destination(dest_url)
+    with ThreadPoolExecutor(workers, thread_name_prefix="verify") as pool:
+        checks = pool.map(dest.check, manifest.shards)
+        return [p for p in tqdm(checks, total=len(manifest.shards), desc="verifying", unit="shard", disable=not progress) if p]
+
+
+# ----------------------------------------------------------------------------- building shards
+
+
+def _build_shards(
+    source: Sequence[RawSample], reads: ThreadPoolExecutor, workers: int, shard_samples: int, max_shard_bytes: int
+) -> Iterator[tuple[bytes, int]]:
+    """Shard bytes and sample counts, in order.
+
+    A shard closes at ``shard_samples`` samples, or before the sample that would take it past
+    ``max_shard_bytes`` (a single larger sample gets a shard of its own).
+    """
+    budget = max_shard_bytes - TAR_TRAILER_MAX
+    current: list[PackedSample] = []
+    size = 0
+    for packed in _packed_samples(source, reads, chunk=workers * 16):
+        if current and (len(current) == shard_samples or size + packed.tar_bytes > budget):
+            yield pack_shard(current), len(current)
+            current, size = [], 0
+        current.append(packed)
+        size += packed.tar_bytes
+    if current:
+        yield pack_shard(current), len(current)
+
+
+def _packed_samples(source: Sequence[RawSample], reads: ThreadPoolExecutor, chunk: int) -> Iterator[PackedSample]:
+    # Samples come from the source on this thread only (readers keep open files and need not
+    # be thread-safe); the images they name are fetched in parallel.
+    for start in range(0, len(source), chunk):
+        indices = range(start, min(start + chunk, len(source)))
+        samples = [source[i] for i in indices]
+        yield from reads.map(_pack, indices, samples)
+
+
+def _pack(index: int, sample: RawSample) -> PackedSample:
+    images = [_load_image(sample, ref) for ref in sample.images]
+    refs = [ref if isinstance(ref, str) else None for ref in sample.images]
+    return PackedSample.build(index, sample, images, {**sample.meta, "image_refs": refs})
+
+
+def _load_image(sample: RawSample, ref: str | bytes) -> tuple[str, bytes]:
+    if isinstance(ref, bytes):
+        return _sniff_ext(ref), ref
+    try:
+        data = storage.read_bytes(ref)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sample {sample.id!r}: image {ref} does not exist") from None
+    stem, dot, suffix = ref.rsplit("/", 1)[-1].rpartition(".")
+    return (suffix.lower() if stem and dot and suffix.isalnum() else _sniff_ext(data)), data
+
+
+def _sniff_ext(data: bytes) -> str:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _FORMAT_EXT.get(img.format or "", (img.format or "bin").lower())
+    except UnidentifiedImageError:
+        return "bin"  # kept as-is; the data layer reports undecodable images when it encodes
+
+
+def _raise_first_failure(futures: list[Future]) -> None:
+    for f in futures:
+        if f.done() and f.exception() is not None:
+            raise f.exception()
+
+
+# ----------------------------------------------------------------------------- destination
+
+
+@dataclass
+class _Destination:
+    url: str
+
+    def __post_init__(self) -> None:
+        self.fs, self.path = storage.filesystem(self.url)
+        self.path = self.path.rstrip("/")
+        self.fs.invalidate_cache(self.path)  # another client may have changed it since we last looked
+        try:
+            listing = self.fs.find(self.path, detail=True)
+        except FileNotFoundError:
+            listing = {}
+        # relative name -> size, from one listing rather than a HEAD per shard
+        self.sizes = {p[len(self.path) + 1 :]: int(i["size"]) for p, i in listing.items()}
+
+    def _path(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def publish(self, index: int, data: bytes, samples: int) -> tuple[ShardInfo, bool]:
+        """Put one shard in place unless an identical one is there; returns (info, uploaded)."""
+        digest = sha256_hex(data)
+        info = ShardInfo(name=shard_name(index, digest), samples=samples, bytes=len(data), sha256=digest)
+        if self.sizes.get(info.name) == info.bytes:
+            found = self.sha256(info.name)
+            if found == digest:
+                log.debug("%s already present", info.name)
+                return info, False
+            log.warning("%s: checksum mismatch (expected %s, found %s); uploading it again", info.name, digest, found)
+        tmp = self._path(f"{TMP_DIR}/{uuid.uuid4().hex}-{info.name}")
+        self.fs.makedirs(self.fs._parent(tmp), exist_ok=True)
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, self._path(info.name))
+        log.debug("uploaded %s", info.name)
+        return info, True
+
+    def sha256(self, name: str) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open(self._path(name), "rb", block_size=_HASH_CHUNK) as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def check(self, shard: ShardInfo) -> str | None:
+        size = self.sizes.get(shard.name)
+        if size is None:
+            return f"{shard.name}: missing"
+        if size != shard.bytes:
+            return f"{shard.name}: size {size} bytes, manifest says {shard.bytes}"
+        found = self.sha256(shard.name)
+        if found != shard.sha256:
+            return f"{shard.name}: sha256 {found}, manifest says {shard.sha256}"
+        return None
+
+    def clean_temporaries(self) -> None:
+        """Drop what interrupted runs left under ``_tmp/`` (never read by anyone)."""
+        tmp = self._path(TMP_DIR)
+        if self.fs.exists(tmp):
+            self.fs.rm(tmp, recursive=True)
+
+
+# ----------------------------------------------------------------------------- source identity
+
+
+def source_fingerprint(url: str) -> str:
+    """sha256 over the names, sizes and versions (ETag or mtime) of the files under ``url``.
+
+    Covers the annotation / parquet files, not the image folder (which may hold millions of
+    objects): the shard checksums already pin every image byte that was staged.
+    """
+    fs, path = storage.filesystem(url)
+    files = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    digest = hashlib.sha256()
+    for name, info in sorted(files.items()):
+        version = next((str(info[k]) for k in ("ETag", "mtime", "LastModified", "created") if k in info), "")
+        digest.update(f"{name[len(path):]}\0{info.get('size')}\0{version}\n".encode())
+    return digest.hexdigest()
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info, so a ``scheme://key:secret@host`` never reaches a manifest or log."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
