@@ -103,9 +103,19 @@ def _open_sources(cfg: RunConfig, names: list[str]):
     return {name: (open_source(cfg.data.datasets[name]), cfg.data.datasets[name].weight) for name in names}
 
 
+def _template_texts(cfg: RunConfig) -> list[str]:
+    """The fixed text of every template in use (system prompts, role tags), so an on-the-fly
+    tokenizer spends few tokens on boilerplate."""
+    from vlm_core.data.templates import get_template, normalize_turns
+
+    example = normalize_turns([{"from": "human", "value": "?"}, {"from": "gpt", "value": "!"}])
+    names = {cfg.data.template} | {s.template for s in cfg.stages.values() if s.template}
+    return [seg.text for name in sorted(names - {"tokenizer"}) for seg in get_template(name).segments(example, None, False)]
+
+
 def _tokenizer_texts(cfg: RunConfig, sources) -> list[str]:
     wanted = cfg.model.tokenizer.train_corpus or list(sources)
-    texts: list[str] = []
+    texts = _template_texts(cfg)
     for name in wanted:
         source = sources[name][0] if name in sources else _open_sources(cfg, [name])[name][0]
         for i in range(min(len(source), TOKENIZER_CORPUS_LIMIT)):
