@@ -1,0 +1,45 @@
+"""Training pieces that need no model: presets, sampler, per-sample loss."""
+
+from __future__ import annotations
+
+import torch
+
+from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS, deepspeed_config
+from vlm_core.train.sampler import ModalityLengthGroupedSampler
+from vlm_core.train.trainer import token_losses
+
+
+def test_presets_defer_numbers_to_the_trainer_and_gather_on_save():
+    assert deepspeed_config("none") is None
+    for name in DEEPSPEED_PRESETS:
+        cfg = deepspeed_config(name)
+        assert cfg["train_micro_batch_size_per_gpu"] == "auto"
+        assert cfg["zero_optimization"]["stage"] in (2, 3)
+    assert deepspeed_config("zero3")["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert "offload_param" in deepspeed_config("zero3_offload")["zero_optimization"]
+    # a copy each time: a Trainer filling "auto" must not change the preset
+    deepspeed_config("zero2")["zero_optimization"]["stage"] = 99
+    assert deepspeed_config("zero2")["zero_optimization"]["stage"] == 2
+
+
+def test_grouped_sampler_is_a_deterministic_permutation_with_modality_pure_batches():
+    lengths = [10, -5, 30, -7, 12, 8, -3, 40, 22, 5, -9, 17]
+    sampler = ModalityLengthGroupedSampler(lengths, batch_size=2, world_size=2, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(len(lengths)))
+    assert first == list(ModalityLengthGroupedSampler(lengths, 2, 2, seed=3))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    # every full mega-batch (4 indices) holds one modality only
+    for start in range(0, 8, 4):
+        signs = {lengths[i] > 0 for i in first[start : start + 4]}
+        assert len(signs) == 1
+
+
+def test_token_losses_ignore_padding_and_prompt():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 6, 5]])
+    sums, counts = token_losses(logits, labels)
+    assert counts.tolist() == [2, 4]
+    expected = torch.nn.functional.cross_entropy(logits[0, 1:3], labels[0, 2:4], reduction="sum")
+    assert torch.allclose(sums[0], expected)
