@@ -1,0 +1,350 @@
+"""Dataset readers: random-access sources of RawSamples from LLaVA JSON / JSONL and parquet.
+
+Every read goes through fsspec URLs (``vlm_core.storage``), so a dataset on ``s3://`` reads the
+same as one on local disk. Readers never load a large file whole when they can avoid it: JSONL
+keeps a byte-offset index built in one streaming pass and seeks to a line; parquet keeps a
+row-group index and a small cache of decoded row groups.
+
+Streaming sources (staged WebDataset shards) are registered from ``shards.py`` under the
+format name ``shards``; this module imports it lazily on first use.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib
+import json
+import os
+from abc import ABC, abstractmethod
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from vlm_core import storage
+from vlm_core.config import DatasetSpec
+from vlm_core.data.types import BadSample, ImageRef, RawSample
+from vlm_core.registry import Registry
+
+
+class Source(ABC):
+    """A random-access dataset of raw samples."""
+
+    url: str
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> RawSample: ...
+
+    @abstractmethod
+    def modality_lengths(self) -> list[int]:
+        """LLaVA's length proxy per sample: word count, positive with images, negative without."""
+
+
+READERS: Registry[Callable[[DatasetSpec], Any]] = Registry("dataset format")
+
+# Formats whose reader lives in a module that registers itself when imported.
+_LAZY_READERS = {"shards": "vlm_core.data.shards"}
+
+
+def open_source(spec: DatasetSpec) -> Any:
+    """Open the dataset ``spec`` describes: a ``Source``, or a streaming source for ``shards``."""
+    fmt = detect_format(spec.url) if spec.format == "auto" else spec.format
+    if fmt not in READERS and fmt in _LAZY_READERS:
+        importlib.import_module(_LAZY_READERS[fmt])
+    return READERS.get(fmt)(spec)
+
+
+def detect_format(url: str) -> str:
+    """The format of ``url`` from its suffix, or from a folder's contents."""
+    for suffix, fmt in ((".jsonl", "llava_jsonl"), (".json", "llava_json"), (".parquet", "parquet")):
+        if url.rstrip("/").lower().endswith(suffix):
+            return fmt
+    fs, path = storage.filesystem(url)
+    if not fs.isdir(path):
+        if not fs.exists(path):
+            raise FileNotFoundError(f"dataset {url!r} does not exist")
+        raise ValueError(
+            f"cannot tell the format of {url!r} from its name; name it .json, .jsonl or .parquet, "
+            f"or set format to one of {', '.join(READERS.names() + list(_LAZY_READERS))}"
+        )
+    if fs.exists(f"{path.rstrip('/')}/manifest.json"):
+        return "shards"
+    if fs.glob(f"{path.rstrip('/')}/*.parquet"):
+        return "parquet"
+    raise ValueError(f"folder {url!r} holds neither a manifest.json (shards) nor *.parquet files")
+
+
+def _image_root(spec: DatasetSpec) -> str:
+    return spec.image_root if spec.image_root is not None else storage.parent(spec.url)
+
+
+def _resolve(image_root: str, ref: Any) -> ImageRef:
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref)
+    if isinstance(ref, dict):  # parquet's {"bytes": ..., "path": ...} struct
+        if ref.get("bytes"):
+            return bytes(ref["bytes"])
+        ref = ref.get("path")
+    if not isinstance(ref, str) or not ref:
+        raise BadSample("malformed", f"image reference {ref!r} is neither a path nor bytes")
+    return storage.join(image_root, ref)
+
+
+def _word_count(conversations: list[dict[str, Any]]) -> int:
+    return sum(len(str(turn.get("value", "")).split()) for turn in conversations)
+
+
+def _modality_length(conversations: list[dict[str, Any]], has_image: bool) -> int:
+    n = _word_count(conversations)
+    return n if has_image else -n
+
+
+# ----------------------------------------------------------------------------- LLaVA JSON / JSONL
+
+
+def _record_images(record: dict[str, Any]) -> list[Any]:
+    refs = record.get("images", record.get("image"))
+    if refs is None:
+        return []
+    return list(refs) if isinstance(refs, list) else [refs]
+
+
+def llava_record_to_sample(record: Any, index: int, image_root: str) -> RawSample:
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        raise BadSample("malformed", f"record {index} has no 'conversations' list")
+    return RawSample(
+        id=str(record.get("id", index)),
+        images=[_resolve(image_root, ref) for ref in _record_images(record)],
+        conversations=record["conversations"],
+        meta={k: v for k, v in record.items() if k not in ("id", "image", "images", "conversations")},
+    )
+
+
+class LlavaJsonSource(Source):
+    """LLaVA's JSON: one list of records (the whole file is parsed, as LLaVA does)."""
+
+    def __init__(self, url: str, image_root: str) -> None:
+        self.url, self.image_root = url, image_root
+        with storage.open_url(url, "rb") as f:
+            self._records = json.load(f)
+        if not isinstance(self._records, list):
+            raise ValueError(f"{url}: LLaVA JSON is a list of records, got {type(self._records).__name__}")
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> RawSample:
+        return llava_record_to_sample(self._records[index], index, self.image_root)
+
+    def modality_lengths(self) -> list[int]:
+        return [
+            _modality_length(r.get("conversations", []), bool(_record_images(r))) if isinstance(r, dict) else 0
+            for r in self._records
+        ]
+
+
+class _PerProcessFile:
+    """An open file (optionally wrapped, e.g. in a ParquetFile) that is reopened after a fork or
+    unpickling, so each DataLoader worker reads through its own handle."""
+
+    def __init__(self, url: str, wrap: Callable[[Any], Any] | None = None) -> None:
+        self.url, self.wrap = url, wrap
+        self._pid: int | None = None
+        self._file: Any = None
+
+    def get(self) -> Any:
+        if self._pid != os.getpid():
+            # Small blocks: a random read fetches about one record, not s3fs' default 50 MiB.
+            kwargs = {} if storage.is_local(self.url) else {"block_size": 1 << 18, "cache_type": "readahead"}
+            f = storage.open_url(self.url, "rb", **kwargs)
+            self._file, self._pid = (self.wrap(f) if self.wrap else f), os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "wrap": self.wrap, "_pid": None, "_file": None}
+
+
+class LlavaJsonlSource(Source):
+    """LLaVA records one per line; random access through a byte-offset index.
+
+    One streaming pass records each line's offset and its modality length; afterwards item ``i``
+    is one seek and one line read. A line that is not valid JSON becomes a bad sample when read.
+    """
+
+    def __init__(self, url: str, image_root: str) -> None:
+        from tqdm import tqdm
+
+        self.url, self.image_root = url, image_root
+        self.offsets = array("q")
+        self._lengths = array("q")
+        with storage.open_url(url, "rb") as f:
+            offset = 0
+            for line in tqdm(f, desc=f"indexing {url}", unit=" lines", disable=None, leave=False):
+                if line.strip():
+                    self.offsets.append(offset)
+                    self._lengths.append(self._length_of(line))
+                offset += len(line)
+        self._file = _PerProcessFile(url)
+
+    @staticmethod
+    def _length_of(line: bytes) -> int:
+        try:
+            record = json.loads(line)
+            return _modality_length(record.get("conversations", []), bool(_record_images(record)))
+        except (ValueError, AttributeError):
+            return 0
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, index: int) -> RawSample:
+        f = self._file.get()
+        f.seek(self.offsets[index])
+        line = f.readline()
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise BadSample("malformed", f"line {index + 1} of {self.url} is not JSON: {err}") from None
+        return llava_record_to_sample(record, index, self.image_root)
+
+    def modality_lengths(self) -> list[int]:
+        return list(self._lengths)
+
+
+# ----------------------------------------------------------------------------- parquet
+
+
+class ParquetSource(Source):
+    """Parquet rows with inline image bytes (CodeFuse-VLM's layout) or image paths.
+
+    Columns: ``image`` (struct of ``bytes`` / ``path``, or a path / bytes) or ``images`` (a list
+    of those); text as ``prompt`` + ``ground_truth`` (one exchange), ``prompts`` +
+    ``ground_truths`` (lists: several exchanges) or LLaVA's ``conversations``; optional ``id``.
+    A url may be one file or a folder of ``*.parquet`` files (read in name order).
+    """
+
+    CACHE_ROW_GROUPS = 2
+
+    def __init__(self, url: str, image_root: str) -> None:
+        import pyarrow.parquet as pq
+
+        self.url, self.image_root = url, image_root
+        fs, path = storage.filesystem(url)
+        if fs.isdir(path):
+            paths = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet"))
+            protocol = storage.protocol(url)
+            self.files = [p if protocol == "file" else f"{protocol}://{p}" for p in paths]
+        else:
+            self.files = [url]
+        if not self.files:
+            raise FileNotFoundError(f"no *.parquet files under {url!r}")
+        self._handles = [_PerProcessFile(f, pq.ParquetFile) for f in self.files]
+        # (file, row group) of each global start row, for bisect.
+        self._groups: list[tuple[int, int]] = []
+        self._starts: list[int] = []
+        total = 0
+        for fi, handle in enumerate(self._handles):
+            meta = handle.get().metadata
+            if fi == 0:
+                self.schema = handle.get().schema_arrow
+            for rg in range(meta.num_row_groups):
+                self._groups.append((fi, rg))
+                self._starts.append(total)
+                total += meta.row_group(rg).num_rows
+        self._len = total
+        self._text_columns, self._image_column = self._columns(self.schema)
+        self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
+
+    def _columns(self, schema: Any) -> tuple[list[str], str | None]:
+        names = set(schema.names)
+        for text in (["prompt", "ground_truth"], ["prompts", "ground_truths"], ["conversations"]):
+            if set(text) <= names:
+                break
+        else:
+            raise ValueError(
+                f"{self.url}: parquet needs text columns prompt+ground_truth, prompts+ground_truths or "
+                f"conversations; it has {sorted(names)}"
+            )
+        image = next((c for c in ("image", "images") if c in names), None)
+        return text, image
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _file(self, fi: int) -> Any:
+        return self._handles[fi].get()
+
+    def _row_group(self, key: tuple[int, int]) -> Any:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        table = self._file(key[0]).read_row_group(key[1])
+        self._cache[key] = table
+        if len(self._cache) > self.CACHE_ROW_GROUPS:
+            self._cache.popitem(last=False)
+        return table
+
+    def __getitem__(self, index: int) -> RawSample:
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} rows")
+        g = bisect.bisect_right(self._starts, index) - 1
+        row = self._row_group(self._groups[g]).slice(index - self._starts[g], 1).to_pylist()[0]
+        return RawSample(
+            id=str(row.get("id", index)),
+            images=[_resolve(self.image_root, ref) for ref in self._row_images(row)],
+            conversations=self._conversations(row),
+            meta={"source_row": index},
+        )
+
+    def _row_images(self, row: dict[str, Any]) -> list[Any]:
+        value = row.get(self._image_column) if self._image_column else None
+        items = value if isinstance(value, list) else [value]
+        # A null image, or a struct whose bytes and path are both null, means "no image".
+        return [v for v in items if v is not None and not (isinstance(v, dict) and not any(v.values()))]
+
+    def _conversations(self, row: dict[str, Any]) -> list[dict[str, str]]:
+        if "conversations" in self._text_columns:
+            conv = row["conversations"]
+            return json.loads(conv) if isinstance(conv, str) else conv
+        prompts, answers = (row[c] for c in self._text_columns)
+        if not isinstance(prompts, list):
+            prompts, answers = [prompts], [answers]
+        if len(prompts) != len(answers):
+            raise BadSample("malformed", f"{len(prompts)} prompts but {len(answers)} ground truths")
+        conv = []
+        for prompt, answer in zip(prompts, answers):
+            conv += [{"from": "human", "value": prompt or ""}, {"from": "gpt", "value": answer or ""}]
+        return conv
+
+    def modality_lengths(self) -> list[int]:
+        # Read the text columns and only the validity of the image column, not the image bytes.
+        out: list[int] = []
+        for fi, rg in self._groups:
+            table = self._file(fi).read_row_group(rg, columns=self._text_columns)
+            has_image = self._image_presence(fi, rg, table.num_rows)
+            for row, image in zip(table.to_pylist(), has_image):
+                out.append(_modality_length(self._conversations(row), image))
+        return out
+
+    def _image_presence(self, fi: int, rg: int, num_rows: int) -> list[bool]:
+        import pyarrow as pa
+
+        if self._image_column is None:
+            return [False] * num_rows
+        column = self._image_column
+        field_type = self.schema.field(column).type
+        if pa.types.is_struct(field_type):
+            # Reading one small child keeps the struct's own nulls without the image bytes.
+            child = "path" if field_type.get_field_index("path") >= 0 else field_type.field(0).name
+            values = self._file(fi).read_row_group(rg, columns=[f"{column}.{child}"]).column(0)
+            return values.is_valid().to_pylist()
+        values = self._file(fi).read_row_group(rg, columns=[column]).to_pylist()
+        return [bool(self._row_images({column: v})) for v in values]
+
+
+READERS.add("llava_json", lambda spec: LlavaJsonSource(spec.url, _image_root(spec)))
+READERS.add("llava_jsonl", lambda spec: LlavaJsonlSource(spec.url, _image_root(spec)))
+READERS.add("parquet", lambda spec: ParquetSource(spec.url, _image_root(spec)))
