@@ -230,7 +230,7 @@ class TokenizerChatTemplate(Template):
 
         segs: list[Segment] = []
         done = ""
-        for i, (role, _) in enumerate(messages):
+        for i, (role, _) in enumerate(turns):
             if role != "assistant":
                 continue
             before, after = render(i, True), render(i + 1, False)
