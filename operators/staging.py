@@ -10,6 +10,8 @@ The guarantees, and how they are kept:
 - *atomic*: a shard is written under ``_tmp/`` and moved to its final, content-addressed name
   only when complete; ``manifest.json`` is written last, so a reader either finds no manifest
   or a complete dataset. Two runs staging into the same destination at once are not supported;
+- *faithful*: samples the data layer calls bad (malformed records, missing images) are skipped
+  and counted by reason in the manifest and the log; everything else is copied byte for byte;
 - *no secrets*: credentials come from the environment through ``vlm_core.storage`` only; the
   manifest records the source URL with any user info removed.
 """
@@ -21,6 +23,7 @@ import hashlib
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ from vlm_core.data.shards import (
     sha256_hex,
     shard_name,
 )
-from vlm_core.data.types import RawSample
+from vlm_core.data.types import BadSample, RawSample
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,11 @@ def stage_dataset(
 ) -> Manifest:
     """Stage the dataset at ``src_url`` (any reader format of ``vlm_core.data.readers``) to ``dest_url``."""
     from vlm_core.config import DatasetSpec
-    from vlm_core.data.readers import open_source
+    from vlm_core.data.readers import detect_format, open_source
 
+    fmt = detect_format(src_url) if fmt == "auto" else fmt
+    if fmt == "shards":
+        raise ValueError(f"{redact_url(src_url)} is already a staged dataset; copy the folder instead of staging it again")
     source = open_source(DatasetSpec(url=src_url, image_root=image_root, format=fmt))
     info = SourceInfo(url=redact_url(src_url), format=fmt, fingerprint=source_fingerprint(src_url))
     return stage_source(
@@ -98,6 +104,7 @@ def stage_source(
         raise ValueError(f"workers must be at least 1, got {workers}")
 
     dest = _Destination(dest_url)
+    skipped: Counter[str] = Counter()
     with (
         ThreadPoolExecutor(workers, thread_name_prefix="stage-read") as reads,
         ThreadPoolExecutor(workers, thread_name_prefix="stage-put") as puts,
@@ -112,7 +119,7 @@ def stage_source(
                 bar.update(future.result()[0].samples)
 
         try:
-            for index, (data, samples) in enumerate(_build_shards(source, reads, workers, shard_samples, max_shard_bytes)):
+            for index, (data, samples) in enumerate(_build_shards(source, reads, workers, shard_samples, max_shard_bytes, skipped)):
                 waiting.acquire()
                 _raise_first_failure(futures)
                 future = puts.submit(dest.publish, index, data, samples)
@@ -129,6 +136,7 @@ def stage_source(
     manifest = Manifest(
         total_samples=sum(s.samples for s in shards),
         shards=shards,
+        skipped_samples=dict(sorted(skipped.items())),
         source=source_info,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -138,6 +146,8 @@ def stage_source(
         "staged %d samples in %d shards to %s (%d uploaded, %d already present)",
         manifest.total_samples, len(shards), redact_url(dest_url), uploaded, len(shards) - uploaded,
     )
+    if skipped:
+        log.warning("skipped %d bad samples: %s", sum(skipped.values()), ", ".join(f"{r} {n}" for r, n in sorted(skipped.items())))
     if verify:
         problems = verify_dataset(dest_url, workers=workers, progress=progress)
         if problems:
@@ -165,9 +175,9 @@ def verify_dataset(dest_url: str, *, workers: int = 8, progress: bool = False) -
 
 
 def _build_shards(
-    source: Sequence[RawSample], reads: ThreadPoolExecutor, workers: int, shard_samples: int, max_shard_bytes: int
+    source: Sequence[RawSample], reads: ThreadPoolExecutor, workers: int, shard_samples: int, max_shard_bytes: int, skipped: Counter[str]
 ) -> Iterator[tuple[bytes, int]]:
-    """Shard bytes and sample counts, in order.
+    """Shard bytes and sample counts, in order; bad samples are counted in ``skipped`` by reason.
 
     A shard closes at ``shard_samples`` samples, or before the sample that would take it past
     ``max_shard_bytes`` (a single larger sample gets a shard of its own).
@@ -176,6 +186,10 @@ def _build_shards(
     current: list[PackedSample] = []
     size = 0
     for packed in _packed_samples(source, reads, chunk=workers * 16):
+        if isinstance(packed, BadSample):
+            skipped[packed.reason] += 1
+            log.debug("skipping %s", packed)
+            continue
         if current and (len(current) == shard_samples or size + packed.tar_bytes > budget):
             yield pack_shard(current), len(current)
             current, size = [], 0
@@ -185,28 +199,36 @@ def _build_shards(
         yield pack_shard(current), len(current)
 
 
-def _packed_samples(source: Sequence[RawSample], reads: ThreadPoolExecutor, chunk: int) -> Iterator[PackedSample]:
+def _packed_samples(source: Sequence[RawSample], reads: ThreadPoolExecutor, chunk: int) -> Iterator[PackedSample | BadSample]:
     # Samples come from the source on this thread only (readers keep open files and need not
     # be thread-safe); the images they name are fetched in parallel.
     for start in range(0, len(source), chunk):
         indices = range(start, min(start + chunk, len(source)))
-        samples = [source[i] for i in indices]
-        yield from reads.map(_pack, indices, samples)
+        yield from reads.map(_pack, indices, [_get(source, i) for i in indices])
 
 
-def _pack(index: int, sample: RawSample) -> PackedSample:
-    images = [_load_image(sample, ref) for ref in sample.images]
+def _get(source: Sequence[RawSample], index: int) -> RawSample | BadSample:
+    try:
+        return source[index]
+    except BadSample as bad:
+        return bad.located(str(index), "source")
+
+
+def _pack(index: int, sample: RawSample | BadSample) -> PackedSample | BadSample:
+    if isinstance(sample, BadSample):
+        return sample
+    try:
+        images = [_load_image(ref) for ref in sample.images]
+    except FileNotFoundError as err:
+        return BadSample("missing_image", str(err), sample_id=sample.id, dataset="source")
     refs = [ref if isinstance(ref, str) else None for ref in sample.images]
     return PackedSample.build(index, sample, images, {**sample.meta, "image_refs": refs})
 
 
-def _load_image(sample: RawSample, ref: str | bytes) -> tuple[str, bytes]:
+def _load_image(ref: str | bytes) -> tuple[str, bytes]:
     if isinstance(ref, bytes):
         return _sniff_ext(ref), ref
-    try:
-        data = storage.read_bytes(ref)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sample {sample.id!r}: image {ref} does not exist") from None
+    data = storage.read_bytes(ref)
     stem, dot, suffix = ref.rsplit("/", 1)[-1].rpartition(".")
     return (suffix.lower() if stem and dot and suffix.isalnum() else _sniff_ext(data)), data
 

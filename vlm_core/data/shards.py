@@ -38,6 +38,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vlm_core import storage
+from vlm_core.data.readers import READERS
 from vlm_core.data.types import RawSample
 
 SCHEMA_VERSION = 1
@@ -79,6 +80,7 @@ class Manifest(_Frozen):
     format: Literal["webdataset-tar"] = SHARD_FORMAT
     total_samples: int = Field(ge=0)
     shards: list[ShardInfo]
+    skipped_samples: dict[str, int] = Field(default_factory=dict, description="Bad source samples left out, by reason.")
     source: SourceInfo
     created_at: str = Field(description="UTC time the staging finished, ISO 8601.")
 
@@ -263,3 +265,6 @@ class ShardSource:
     def read(self, shard: ShardInfo) -> Iterator[RawSample]:
         data = storage.read_bytes(storage.join(self.url, shard.name))
         yield from read_shard(io.BytesIO(data))
+
+
+READERS.add("shards", lambda spec: ShardSource(spec.url))

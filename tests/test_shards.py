@@ -1,0 +1,146 @@
+"""The staged-shard format and its streaming reader: determinism, manifest checks, rank/worker split."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+
+import pytest
+
+from operators.staging import stage_source
+from vlm_core.config import DatasetSpec
+from vlm_core.data.readers import open_source
+from vlm_core.data.shards import (
+    ManifestError,
+    PackedSample,
+    ShardSource,
+    SourceInfo,
+    assign_shards,
+    load_manifest,
+    pack_shard,
+    read_shard,
+)
+from vlm_core.data.types import RawSample
+
+INFO = SourceInfo(url="memory", format="list", fingerprint="0" * 64)
+
+
+def _samples(n: int) -> list[RawSample]:
+    return [
+        RawSample(
+            id=f"s{i}",
+            images=[bytes([i % 256]) * (10 + i), b"\x00second"] if i % 3 else [],
+            conversations=[{"from": "human", "value": f"question {i} — ünïcode"}, {"from": "gpt", "value": str(i)}],
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture()
+def staged(tmp_path) -> str:
+    url = str(tmp_path / "staged")
+    stage_source(_samples(23), url, source_info=INFO, shard_samples=2, workers=2, progress=False)  # 12 shards
+    return url
+
+
+def test_shard_bytes_are_deterministic_and_standard_tar():
+    packed = [PackedSample.build(i, s, [("bin", b) for b in s.images], {"k": i}) for i, s in enumerate(_samples(5))]
+    data = pack_shard(packed)
+    assert data == pack_shard(packed)
+    assert len(data) % tarfile.RECORDSIZE == 0
+    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()  # plain tar tooling reads it
+    assert names[:4] == ["000000000.json", "000000001.json", "000000001.0.bin", "000000001.1.bin"]
+    record = json.loads(tarfile.open(fileobj=io.BytesIO(data)).extractfile("000000001.json").read())
+    assert record == {"id": "s1", "conversations": _samples(2)[1].conversations, "metadata": {"k": 1}}
+    back = list(read_shard(io.BytesIO(data)))
+    assert [(s.id, s.images, s.conversations) for s in back] == [(s.id, s.images, s.conversations) for s in _samples(5)]
+
+
+def test_open_source_detects_a_staged_folder(staged):
+    source = open_source(DatasetSpec(url=staged))
+    assert isinstance(source, ShardSource)
+    assert len(source) == 23
+    got = {s.id: s for s in source.iter_samples(shuffle=False)}
+    for want in _samples(23):
+        assert (got[want.id].images, got[want.id].conversations) == (want.images, want.conversations)
+
+
+@pytest.mark.parametrize("world_size,num_workers", [(2, 2), (3, 2), (1, 1)])
+def test_each_sample_read_exactly_once_per_epoch(staged, world_size, num_workers):
+    source = ShardSource(staged)
+    per_epoch = []
+    for epoch in range(2):
+        seen = Counter(
+            s.id
+            for rank in range(world_size)
+            for worker in range(num_workers)
+            for s in source.iter_samples(rank, world_size, worker, num_workers, epoch=epoch, seed=7)
+        )
+        assert seen == Counter(f"s{i}" for i in range(23))  # 12 shards over 4 or 6 consumers, uneven for 6
+        per_epoch.append([s.id for s in source.iter_samples(0, world_size, 0, num_workers, epoch=epoch, seed=7)])
+    if world_size * num_workers > 1:
+        assert per_epoch[0] != per_epoch[1], "shard order should change between epochs"
+
+
+def test_uneven_split_differs_by_at_most_one_shard(staged):
+    shards = load_manifest(staged).shards
+    counts = [len(assign_shards(shards, rank=r, world_size=5, worker=0, num_workers=1, epoch=0)) for r in range(5)]
+    assert sorted(counts) == [2, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        assign_shards(shards, rank=2, world_size=2, worker=0, num_workers=1, epoch=0)
+
+
+def test_missing_and_unsupported_manifests_are_explained(tmp_path, staged):
+    with pytest.raises(ManifestError, match="not a staged dataset"):
+        ShardSource(str(tmp_path / "nothing"))
+    path = tmp_path / "staged" / "manifest.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "schema_version": 99}))
+    with pytest.raises(ManifestError, match="schema_version 99; this reader supports 1"):
+        ShardSource(staged)
+    path.write_text(json.dumps({**data, "total_samples": 5}))
+    with pytest.raises(ManifestError, match="total_samples is 5 but the shards hold 23"):
+        ShardSource(staged)
+
+
+def test_dataloader_workers_split_the_shards(staged):
+    from torch.utils.data import DataLoader
+
+    from vlm_core.data.shard_dataset import ShardDataset
+
+    dataset = ShardDataset(staged, seed=3)
+    loader = DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=_sample_id)
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        assert Counter(loader) == Counter(f"s{i}" for i in range(23))
+
+
+def _sample_id(sample: RawSample) -> str:
+    return sample.id
+
+
+def _rank_reads(rank: int, world_size: int, init_file: str, url: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+
+    from vlm_core.data.shard_dataset import ShardDataset
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        loader = DataLoader(ShardDataset(url), batch_size=None, num_workers=2, collate_fn=_sample_id)
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump(list(loader), f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_two_ranks_by_two_workers_read_each_sample_once(staged, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_reads, args=(2, str(tmp_path / "init"), staged, str(tmp_path)), nprocs=2)
+    reads = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(reads), "every rank should get some shards"
+    assert Counter(reads[0] + reads[1]) == Counter(f"s{i}" for i in range(23))
