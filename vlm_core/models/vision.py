@@ -1,0 +1,225 @@
+"""Vision encoders: transformers vision models behind one small `VisionTower` interface.
+
+A family (registry entry) knows three things: its model class, a tiny preset config (random
+weights, used when ``name_or_path`` is null) and the image processor that matches it. The tower
+adds what LLaVA-style models need on top: which hidden state to take (``feature_layer``) and
+whether to keep the prefix tokens (``feature_select``: ``patch`` drops CLS and registers,
+``cls_patch`` keeps them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    BitImageProcessor,
+    ChineseCLIPImageProcessor,
+    ChineseCLIPVisionConfig,
+    ChineseCLIPVisionModel,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    PretrainedConfig,
+    PreTrainedModel,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+
+from vlm_core.config import VisionConfig
+from vlm_core.models.qwen_vl_vit import QwenVLViTConfig, QwenVLViTModel
+from vlm_core.registry import Registry
+
+# The tiny preset shared by every family (DESIGN.md): 32 px, patch 8, width 64, 2 layers.
+_TINY = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+# Tokens before the patches in each model type's hidden states (CLS, registers).
+_PREFIX_TOKENS: dict[str, Callable[[PretrainedConfig], int]] = {
+    "clip_vision_model": lambda c: 1,
+    "chinese_clip_vision_model": lambda c: 1,
+    "siglip_vision_model": lambda c: 0,
+    "dinov2": lambda c: 1,
+    "dinov2_with_registers": lambda c: 1 + c.num_register_tokens,
+    "vit": lambda c: 1,
+    "qwen_vl_vit": lambda c: 0,
+}
+
+
+def _square(size: int) -> dict[str, int]:
+    return {"height": size, "width": size}
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    model_class: Any  # a PreTrainedModel subclass, or AutoModel for `auto`
+    config_class: type[PretrainedConfig] | None  # None: the config names its own model_type
+    image_processor: Callable[[int], BaseImageProcessor]
+    tiny: dict[str, Any] = field(default_factory=dict)
+
+
+VISION_ENCODERS: Registry[EncoderFamily] = Registry("vision encoder")
+
+VISION_ENCODERS.add(
+    "clip",
+    EncoderFamily(
+        CLIPVisionModel,
+        CLIPVisionConfig,
+        lambda s: CLIPImageProcessor(size={"shortest_edge": s}, crop_size=_square(s)),
+        {**_TINY, "intermediate_size": 128},
+    ),
+)
+VISION_ENCODERS.add(
+    "siglip",
+    EncoderFamily(
+        SiglipVisionModel,
+        SiglipVisionConfig,
+        lambda s: SiglipImageProcessor(size=_square(s)),
+        {**_TINY, "intermediate_size": 128},
+    ),
+)
+VISION_ENCODERS.add(
+    "chinese_clip",
+    EncoderFamily(
+        ChineseCLIPVisionModel,
+        ChineseCLIPVisionConfig,
+        lambda s: ChineseCLIPImageProcessor(size={"shortest_edge": s}, crop_size=_square(s)),
+        {**_TINY, "intermediate_size": 128},
+    ),
+)
+VISION_ENCODERS.add(
+    "dinov2",
+    EncoderFamily(
+        Dinov2Model,
+        Dinov2Config,
+        lambda s: BitImageProcessor(
+            size={"shortest_edge": s},
+            crop_size=_square(s),
+            image_mean=IMAGENET_DEFAULT_MEAN,
+            image_std=IMAGENET_DEFAULT_STD,
+        ),
+        {**_TINY, "mlp_ratio": 2},
+    ),
+)
+VISION_ENCODERS.add(
+    "qwen_vl_vit",
+    EncoderFamily(
+        QwenVLViTModel,
+        QwenVLViTConfig,
+        # Qwen-VL resizes straight to the square input (bicubic), no crop, OpenAI CLIP statistics.
+        lambda s: CLIPImageProcessor(size=_square(s), do_center_crop=False, resample=PILImageResampling.BICUBIC),
+        {**_TINY, "intermediate_size": 128, "num_positions": 16},
+    ),
+)
+VISION_ENCODERS.add(
+    "auto",
+    EncoderFamily(
+        AutoModel,
+        None,
+        lambda s: CLIPImageProcessor(size=_square(s), do_center_crop=False),
+    ),
+)
+
+
+class VisionTower(nn.Module):
+    """``forward(pixel_values (B,3,H,W)) -> (B, N, D)`` features after layer and token selection."""
+
+    def __init__(self, model: PreTrainedModel, encoder: str, feature_layer: int, feature_select: str) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder = encoder
+        self.feature_layer = feature_layer
+        self.feature_select = feature_select
+        config = model.config
+        model_type = config.model_type
+        if model_type not in _PREFIX_TOKENS:
+            raise ValueError(
+                f"vision model type {model_type!r} is not supported; known: {', '.join(sorted(_PREFIX_TOKENS))}"
+            )
+        self.num_prefix_tokens = _PREFIX_TOKENS[model_type](config)
+        if feature_select == "cls_patch" and self.num_prefix_tokens == 0:
+            raise ValueError(f"feature_select 'cls_patch' needs a CLS token, but {model_type} has none; use 'patch'")
+        num_states = config.num_hidden_layers + 1  # embeddings + one per layer
+        if not -num_states <= feature_layer < num_states:
+            raise ValueError(
+                f"feature_layer {feature_layer} is out of range for {num_states} hidden states "
+                f"(allowed {-num_states}..{num_states - 1})"
+            )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    @property
+    def num_patches(self) -> int:
+        grid = self.image_size // self.model.config.patch_size
+        return grid * grid + (self.num_prefix_tokens if self.feature_select == "cls_patch" else 0)
+
+    def image_processor(self) -> BaseImageProcessor:
+        return VISION_ENCODERS.get(self.encoder).image_processor(self.image_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
+        features = out.hidden_states[self.feature_layer]
+        if self.feature_select == "patch":
+            features = features[:, self.num_prefix_tokens :]
+        return features
+
+
+def vision_model_config(cfg: VisionConfig) -> PretrainedConfig:
+    """The encoder's transformers config: the tiny preset, or the pretrained one, plus overrides."""
+    family = VISION_ENCODERS.get(cfg.encoder)
+    overrides = dict(cfg.config)
+    if cfg.image_size is not None:
+        overrides["image_size"] = cfg.image_size
+    if cfg.name_or_path is not None:
+        config = AutoConfig.from_pretrained(cfg.name_or_path)
+        config = getattr(config, "vision_config", config)  # a full CLIP / SigLIP checkpoint
+        config.update(overrides)
+        return config
+    if family.config_class is None:
+        if "model_type" not in overrides:
+            raise ValueError(f"encoder {cfg.encoder!r} without name_or_path needs config.model_type")
+        return AutoConfig.for_model(**overrides)
+    return family.config_class(**{**family.tiny, **overrides})
+
+
+def vision_tower_from_config(encoder: str, config: PretrainedConfig, feature_layer: int, feature_select: str) -> VisionTower:
+    """A randomly initialised tower (weights may be loaded afterwards, e.g. from a VLM checkpoint)."""
+    VISION_ENCODERS.get(encoder)  # fail early on a typo
+    return VisionTower(AutoModel.from_config(config), encoder, feature_layer, feature_select)
+
+
+def build_vision_tower(cfg: VisionConfig) -> VisionTower:
+    """The tower a run config names: pretrained weights by path, else the tiny preset, random."""
+    config = vision_model_config(cfg)
+    if cfg.name_or_path is None:
+        return vision_tower_from_config(cfg.encoder, config, cfg.feature_layer, cfg.feature_select)
+    model_class = VISION_ENCODERS.get(cfg.encoder).model_class
+    model = model_class.from_pretrained(cfg.name_or_path, config=config)
+    return VisionTower(model, cfg.encoder, cfg.feature_layer, cfg.feature_select)
+
+
+def pretrained_image_processor(cfg: VisionConfig, tower: VisionTower) -> BaseImageProcessor:
+    """The checkpoint's own image processor when it ships one, else the family's at the tower's size."""
+    if cfg.name_or_path is not None and cfg.image_size is None:
+        try:
+            return AutoImageProcessor.from_pretrained(cfg.name_or_path)
+        except OSError:
+            pass
+    return tower.image_processor()
