@@ -1,0 +1,106 @@
+"""``vlm pipeline compile|run|manifests|chart-values|validate`` and ``vlm tensorboard``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.group("pipeline")
+def pipeline_group() -> None:
+    """The KFP pipeline (compile, run locally) and the cluster files generated from a run config."""
+
+
+@pipeline_group.command("compile")
+@click.option("-o", "--output", "output", default=None, help="YAML file to write (default: pipelines/vlm_pipeline.yaml).")
+def compile_command(output: str | None) -> None:
+    """Compile the pipeline to the YAML that the KFP UI uploads."""
+    from pipelines.pipeline import COMPILED_PATH, compile_pipeline
+
+    click.echo(f"wrote {compile_pipeline(output or COMPILED_PATH)}")
+
+
+@pipeline_group.command("run")
+@click.option("--local", "local", is_flag=True, required=True, help="Run with kfp.local on this machine.")
+@click.option("--config", "config", required=True, help="Run config (YAML, any URL).")
+@click.option("--s3", is_flag=True, help="Keep data and outputs in a local moto S3 server instead of a folder.")
+@click.option("--synth/--no-synth", default=True, show_default=True, help="Generate the synthetic dataset when the config's data is missing.")
+@click.option("--pipeline-root", default=None, help="Folder for KFP's task outputs (default: <output>/kfp).")
+def run_command(local: bool, config: str, s3: bool, synth: bool, pipeline_root: str | None) -> None:
+    """Run stage -> align -> instruct -> eval end to end and print the eval table."""
+    from pipelines.local import run_local
+
+    click.echo(run_local(config, s3=s3, synth=synth, pipeline_root=pipeline_root), nl=False)
+
+
+@pipeline_group.command("manifests")
+@click.option("--config", "config", default=None, help="Run config (default: the chart's example, charts/vlm-platform/run.yaml).")
+@click.option("-o", "--output", "output", default=None, help="Folder to write (default: manifests/).")
+def manifests_command(config: str | None, output: str | None) -> None:
+    """Write the kustomize base (`kubectl apply -k`) for a run config."""
+    from pipelines.chart_values import EXAMPLE_RUN_PATH
+    from pipelines.manifests import MANIFESTS_DIR, write_manifests
+    from vlm_core.config import load_config
+
+    source = config or str(EXAMPLE_RUN_PATH)
+    label = config or "charts/vlm-platform/run.yaml"
+    for path in write_manifests(load_config(source), output or MANIFESTS_DIR, source=label):
+        click.echo(f"wrote {path}")
+
+
+@pipeline_group.command("chart-values")
+@click.option("--config", "config", default=None, help="Your run config: write values that install it.")
+@click.option("-o", "--output", "output", default=None, help="File for --config's values (default: stdout).")
+@click.option("--write", is_flag=True, help="Regenerate the chart's values.yaml and values.schema.json.")
+def chart_values_command(config: str | None, output: str | None, write: bool) -> None:
+    """Helm values for a run config, or (--write) the chart's own generated files."""
+    import yaml
+
+    from pipelines import chart_values as cv
+    from vlm_core.config import load_config
+
+    if write:
+        click.echo(f"wrote {cv.write_values()}")
+        click.echo(f"wrote {cv.write_values_schema()}")
+    if config:
+        defaults = cv.values_document(cv.ChartValues(run=load_config(cv.EXAMPLE_RUN_PATH)))
+        text = yaml.safe_dump(cv.user_values(load_config(config), defaults), sort_keys=False)
+        if output:
+            with open(output, "w") as f:
+                f.write(text)
+        else:
+            click.echo(text, nl=False)
+    if not (write or config):
+        raise click.UsageError("give --config FILE, --write, or both")
+
+
+@pipeline_group.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def validate_command(files: tuple[str, ...]) -> None:
+    """Check rendered objects offline (built-in kinds strictly, PyTorchJobs by CRD + webhook rules).
+
+    Use '-' for stdin, e.g. `kubectl kustomize manifests/ | vlm pipeline validate -`."""
+    from pipelines.validate import load_objects, problems
+
+    found: list[str] = []
+    for file in files:
+        text = sys.stdin.read() if file == "-" else open(file).read()
+        found += [f"{file}: {p}" for p in problems(load_objects(text))]
+    for problem in found:
+        click.echo(problem, err=True)
+    sys.exit(1 if found else 0)
+
+
+@click.command("tensorboard")
+@click.option("--output", "output", default=None, help="Run output URL; serves <output>/tensorboard.")
+@click.option("--logdir", default=None, help="A TensorBoard log dir to serve instead (any URL).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=6006, show_default=True, type=int)
+def tensorboard_command(output: str | None, logdir: str | None, host: str, port: int) -> None:
+    """Start TensorBoard on a run's event files (local folder or s3://)."""
+    from pipelines.tensorboard import logdir_for, serve
+
+    if (output is None) == (logdir is None):
+        raise click.UsageError("give exactly one of --output or --logdir")
+    serve(logdir or logdir_for(output), host=host, port=port)
