@@ -35,17 +35,19 @@ def test_s3_endpoint_reaches_tensorboard_env():
     assert tensorboard_env({"S3_ENDPOINT": "minio:9000"})["S3_ENDPOINT"] == "minio:9000"
 
 
-def test_reader_sees_loss_on_s3(s3_bucket, tmp_path):
+def test_reader_sees_loss_on_s3(s3_bucket, tmp_path, monkeypatch):
+    """TensorBoard's own S3 reader (boto3), pointed at the endpoint the way `vlm tensorboard` does."""
     from vlm_core import storage
 
     cfg = RunConfig(output=f"{s3_bucket}/run")
     local = tmp_path / "events"
     _write_loss(str(local), [3.0, 2.0])
     storage.upload_dir(str(local), cfg.tensorboard_dir("instruct"))
-    with storage.local_copy_dir(cfg.tensorboard_dir("instruct")) as copy:
-        events = EventAccumulator(copy)
-        events.Reload()
-        assert [e.value for e in events.Scalars("loss")] == [3.0, 2.0]
+    for key, value in tensorboard_env(dict(os.environ)).items():
+        monkeypatch.setenv(key, value)
+    events = EventAccumulator(cfg.tensorboard_dir("instruct"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("loss")] == [3.0, 2.0]
 
 
 def test_command_needs_exactly_one_location():
