@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from vlm_core.config import RunConfig
+from vlm_core.registry import Registry
 
 GROUP = "kubeflow.org"
 VERSION = "v1"
@@ -260,3 +261,29 @@ def render_stage(cfg: RunConfig, stage: str, **overrides: Any) -> list[dict[str,
     job = build_pytorchjob(cfg, stage, config_map=config_map["metadata"]["name"], **overrides)
     validate_pytorchjob(job)
     return [config_map, job]
+
+
+# ----------------------------------------------------------------------------- launching
+
+# name -> "module:function(objects, **options)"; imported on use (the kubernetes client is slow to load)
+BACKENDS: Registry[str] = Registry("PyTorchJob backend")
+BACKENDS.add("local", "operators.local_backend:run_objects")
+BACKENDS.add("kubernetes", "operators.k8s_backend:submit_and_wait")
+
+
+def run_pytorchjob(objects: dict[str, Any] | list[dict[str, Any]], backend: str = "local", **options: Any) -> Any:
+    """Run a PyTorchJob (with its ConfigMaps) on a backend; what KFP components call.
+
+    ``local``: ``workdir=``, ``timeout=``, ``secrets=`` ... (``LocalJobResult``);
+    ``kubernetes``: ``namespace=``, ``wait=``, ``timeout=``, ``delete=`` ... (``JobStatus``).
+    """
+    import importlib
+
+    module, function = BACKENDS.get(backend).split(":")
+    objects = [objects] if isinstance(objects, dict) else list(objects)
+    for obj in objects:
+        if obj.get("kind") == KIND:
+            from operators.validation import validate_pytorchjob
+
+            validate_pytorchjob(obj)
+    return getattr(importlib.import_module(module), function)(objects, **options)
