@@ -1,0 +1,193 @@
+"""The local PyTorchJob backend: operator env, volume/path mapping, logs, restart semantics.
+
+These run small Python commands as replicas (fast); the torchrun and training runs live in
+tests/test_fault_tolerance.py and the e2e test at the end of this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from operators.local_backend import LocalJobError, run_local, run_objects
+from operators.pytorchjob import build_config_map, build_pytorchjob
+from vlm_core.config import parse_config
+
+
+def make_cfg(nodes=2, **cluster):
+    return parse_config(
+        {
+            "name": "demo",
+            "data": {"datasets": {"caps": {"url": "caps.jsonl"}}},
+            "stages": {"align": {"datasets": ["caps"], "trainable": ["projector"], "max_steps": 5}},
+            "distributed": {"nodes": nodes, "procs_per_node": 2},
+            "output": "/mnt/vlm/runs/demo",
+            "cluster": {"storage": {"pvc": "ckpt", "pvc_mount": "/mnt/vlm", "s3_secret": "s3-creds"}, **cluster},
+        }
+    )
+
+
+def with_command(job, code: str):
+    """Replace every replica's command by ``python -c code``."""
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        container = spec["template"]["spec"]["containers"][0]
+        container["command"], container["args"] = ["python"], ["-c", code, "/etc/vlm/config.yaml", "/mnt/vlm/out"]
+    return job
+
+
+SECRETS = {"s3-creds": {"AWS_ACCESS_KEY_ID": "AKIDLOCAL", "AWS_SECRET_ACCESS_KEY": "do-not-print"}}
+
+REPORT = """
+import json, os, sys
+keys = ["MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NNODES", "PET_NODE_RANK",
+        "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT", "HF_HOME", "AWS_ENDPOINT_URL"]
+report = {k: os.environ.get(k) for k in keys}
+report["argv"] = sys.argv[1:]
+report["config"] = open(sys.argv[1]).read()
+report["secret_ok"] = os.environ["AWS_SECRET_ACCESS_KEY"] == "do-not-print"
+os.makedirs(sys.argv[2], exist_ok=True)
+open(os.path.join(sys.argv[2], os.environ["RANK"] + ".json"), "w").write(json.dumps(report))
+print("hello from rank", os.environ["RANK"])
+"""
+
+
+def test_replicas_get_the_operator_env_mounts_and_prefixed_logs(tmp_path):
+    cfg = make_cfg(nodes=3)
+    objects = [build_config_map(cfg), with_command(build_pytorchjob(cfg, "align"), REPORT)]
+    lines: list[str] = []
+    result = run_objects(objects, workdir=tmp_path, secrets=SECRETS, timeout=60, log=lines.append)
+    assert result.succeeded and result.restarts == 0, lines
+    out = tmp_path / "volumes" / "pvc" / "ckpt" / "out"  # /mnt/vlm is the PVC, shared by all replicas
+    reports = [json.loads((out / f"{rank}.json").read_text()) for rank in range(3)]
+    ports = {r["MASTER_PORT"] for r in reports}
+    assert len(ports) == 1 and ports == {r["PET_MASTER_PORT"] for r in reports}
+    for rank, r in enumerate(reports):
+        assert r["RANK"] == r["PET_NODE_RANK"] == str(rank)
+        assert r["WORLD_SIZE"] == "6" and r["PET_NNODES"] == "3" and r["PET_NPROC_PER_NODE"] == "2"
+        assert r["MASTER_ADDR"] == r["PET_MASTER_ADDR"] == "127.0.0.1"
+        assert r["secret_ok"]
+        # container paths became local folders, in args, env values and the ConfigMap's file
+        assert r["argv"][0] == str(tmp_path / "volumes" / "configmaps" / "demo-config" / "config.yaml")
+        assert r["HF_HOME"].startswith(str(tmp_path / "volumes")) and r["HF_HOME"].endswith("/huggingface")
+        assert f"output: {tmp_path}/volumes/pvc/ckpt/runs/demo" in r["config"]
+    assert "[master-0] hello from rank 0" in lines
+    assert "[worker-0] hello from rank 1" in lines and "[worker-1] hello from rank 2" in lines
+    assert not any("do-not-print" in line for line in lines)
+    assert "hello from rank 1" in (tmp_path / "logs" / "worker-0.log").read_text()
+
+
+def test_missing_secret_is_a_clear_error_without_values(tmp_path, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    cfg = make_cfg(nodes=1)
+    with pytest.raises(LocalJobError, match="key 'AWS_ACCESS_KEY_ID' of Secret 's3-creds' is not available"):
+        run_objects([build_config_map(cfg), build_pytorchjob(cfg, "align")], workdir=tmp_path)
+
+
+def test_missing_config_map_is_a_clear_error(tmp_path):
+    cfg = make_cfg(nodes=1)
+    with pytest.raises(LocalJobError, match="ConfigMap 'demo-config'"):
+        run_local(build_pytorchjob(cfg, "align"), workdir=tmp_path, secrets=SECRETS)
+
+
+# Rank 1 fails until a marker file in the shared PVC counts `fail_times` earlier starts; the
+# master finishes only after rank 1 did (as a real collective job would).
+FLAKY = """
+import os, sys, signal, time
+out = sys.argv[2]
+marker = os.path.join(out, "starts-" + os.environ["RANK"])
+os.makedirs(out, exist_ok=True)
+starts = len(open(marker).read()) if os.path.exists(marker) else 0
+open(marker, "a").write("x")
+if os.environ["RANK"] == "1":
+    if starts < {fail_times}:
+        {failure}
+    open(os.path.join(out, "worker-ok"), "w").close()
+else:
+    deadline = time.time() + 30
+    while not os.path.exists(os.path.join(out, "worker-ok")) and time.time() < deadline:
+        time.sleep(0.05)
+print("done", starts)
+"""
+
+
+def run_flaky(tmp_path, *, policy, failure, fail_times=1, backoff=3):
+    cfg = make_cfg(nodes=2, restart_policy=policy, backoff_limit=backoff)
+    code = FLAKY.format(fail_times=fail_times, failure=failure)
+    job = with_command(build_pytorchjob(cfg, "align"), code)
+    lines: list[str] = []
+    result = run_objects([build_config_map(cfg), job], workdir=tmp_path, secrets=SECRETS, timeout=60, log=lines.append)
+    starts = (tmp_path / "volumes" / "pvc" / "ckpt" / "out" / "starts-1").read_text()
+    return result, len(starts), lines
+
+
+def test_on_failure_restarts_all_replicas(tmp_path):
+    result, starts, lines = run_flaky(tmp_path, policy="OnFailure", failure="sys.exit(3)")
+    assert result.succeeded and result.restarts == 1
+    assert starts == 2
+    assert (tmp_path / "volumes/pvc/ckpt/out/starts-0").read_text() == "xx"  # the master restarted too
+    assert result.exit_codes[0]["worker-0"] == 3
+    assert any("worker-0 exited with 3: restarting all replicas" in line for line in lines)
+
+
+def test_backoff_limit_fails_the_job(tmp_path):
+    result, starts, _ = run_flaky(tmp_path, policy="OnFailure", failure="sys.exit(3)", fail_times=5, backoff=2)
+    assert not result.succeeded and result.restarts == 2 and starts == 3
+    assert result.reason.startswith("BackoffLimitExceeded")
+
+
+def test_exit_code_policy_retries_signals_only(tmp_path):
+    killed, starts, _ = run_flaky(tmp_path / "a", policy="ExitCode", failure="os.kill(os.getpid(), signal.SIGKILL)")
+    assert killed.succeeded and killed.restarts == 1 and killed.exit_codes[0]["worker-0"] == 137
+    permanent, starts, _ = run_flaky(tmp_path / "b", policy="ExitCode", failure="sys.exit(1)")
+    assert not permanent.succeeded and permanent.restarts == 0 and starts == 1
+    assert "not retried" in permanent.reason
+
+
+def test_never_policy_fails_at_once(tmp_path):
+    result, starts, _ = run_flaky(tmp_path, policy="Never", failure="sys.exit(2)")
+    assert not result.succeeded and result.restarts == 0 and starts == 1
+
+
+def test_timeout_stops_every_replica(tmp_path):
+    cfg = make_cfg(nodes=2)
+    job = with_command(build_pytorchjob(cfg, "align"), "import time; time.sleep(60)")
+    result = run_objects([build_config_map(cfg), job], workdir=tmp_path, secrets=SECRETS, timeout=2, log=lambda s: None)
+    assert not result.succeeded and result.reason == "DeadlineExceeded"
+    assert set(result.exit_codes[0].values()) == {143}  # SIGTERM'd, reported as the runtime would
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_quickstart_align_stage_as_two_replica_pytorchjob(tmp_path):
+    """The real trainer: the quickstart's align stage, Master + 1 Worker, 1 process each."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    quickstart = root / "configs" / "quickstart.yaml"
+    if not quickstart.exists() or not (root / "vlm_core" / "train" / "cli.py").exists():
+        pytest.skip("needs configs/quickstart.yaml and `vlm train`")
+    data = yaml.safe_load(quickstart.read_text())
+    data["distributed"] = {**data.get("distributed", {}), "nodes": 2, "procs_per_node": 1, "deepspeed": "none"}
+    data["output"] = str(tmp_path / "run")
+    cfg = parse_config(data)
+    lines: list[str] = []
+    env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    objects = [build_config_map(cfg), build_pytorchjob(cfg, "align")]
+    result = run_objects(objects, workdir=tmp_path / "job", env=env, timeout=840, log=lines.append)
+    assert result.succeeded, "\n".join(lines[-60:])
+    assert any(line.startswith("[worker-0]") for line in lines)
+    assert (tmp_path / "run" / "align" / "config.json").exists() or any((tmp_path / "run" / "align").iterdir())
+
+
+def test_python_runs_with_this_interpreter(tmp_path):
+    cfg = make_cfg(nodes=1)
+    job = with_command(build_pytorchjob(cfg, "align"), "import sys; print('exe', sys.executable)")
+    lines: list[str] = []
+    run_objects([build_config_map(cfg), job], workdir=tmp_path, secrets=SECRETS, timeout=30, log=lines.append)
+    assert f"[master-0] exe {sys.executable}" in lines
+    assert os.path.isdir(tmp_path / "logs")
