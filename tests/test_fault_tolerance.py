@@ -1,0 +1,125 @@
+"""Kill -9 a training process of a 2-node torchrun PyTorchJob run by the local backend: the job
+restarts its replicas, resumes from the newest checkpoint and ends at the planned step with the
+same result as an uninterrupted run.
+
+The training script is a self-contained gloo all_reduce loop (no model), so the restart and
+resume semantics are tested independently of the real trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from operators.local_backend import run_objects
+from operators.pytorchjob import build_config_map, build_pytorchjob
+from vlm_core.config import parse_config
+
+STEPS = 8
+
+# Each step all-reduces a value that depends only on (step, rank): like a seeded sampler, so a
+# resumed run consumes exactly what an uninterrupted one would. Rank 0 checkpoints every step
+# (atomically) after the collective; a restart resumes from the newest checkpoint.
+TRAIN = r"""
+import json, os, sys, time
+import torch, torch.distributed as dist
+
+ckpt_dir, steps, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+os.makedirs(os.path.join(ckpt_dir, "pids"), exist_ok=True)
+with open(os.path.join(ckpt_dir, "pids", f"rank-{rank}"), "w") as f:
+    f.write(str(os.getpid()))
+done = sorted(int(n.split("-")[1]) for n in os.listdir(ckpt_dir) if n.startswith("step-"))
+state = {"step": 0, "total": 0.0}
+if done:
+    with open(os.path.join(ckpt_dir, f"step-{done[-1]}")) as f:
+        state = json.load(f)
+if rank == 0:
+    with open(os.path.join(ckpt_dir, "resumed-from"), "a") as f:
+        f.write(f"{state['step']}\n")
+for step in range(state["step"] + 1, steps + 1):
+    x = torch.tensor([float(step * 10 + rank)])
+    dist.all_reduce(x)
+    state = {"step": step, "total": state["total"] + x.item()}
+    if rank == 0:
+        tmp = os.path.join(ckpt_dir, f".tmp-{step}")
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, os.path.join(ckpt_dir, f"step-{step}"))
+        print("step", step, flush=True)
+    time.sleep(pause)
+dist.barrier()
+if rank == 0:
+    with open(os.path.join(ckpt_dir, "final.json"), "w") as f:
+        json.dump(state, f)
+dist.destroy_process_group()
+"""
+
+
+def expected_total(steps: int, world: int) -> float:
+    return float(sum(step * 10 + rank for step in range(1, steps + 1) for rank in range(world)))
+
+
+def make_job(tmp_path: Path, restart_policy: str = "OnFailure"):
+    cfg = parse_config(
+        {
+            "name": "ft",
+            "data": {"datasets": {"d": {"url": "d.jsonl"}}},
+            "stages": {"align": {"datasets": ["d"], "trainable": ["projector"], "max_steps": STEPS}},
+            "distributed": {"nodes": 2, "procs_per_node": 1},
+            "cluster": {"storage": {"pvc": "ckpt", "pvc_mount": "/mnt/ckpt"}, "restart_policy": restart_policy,
+                        "backoff_limit": 2},
+        }
+    )
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    job = build_pytorchjob(cfg, "align")
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        container = spec["template"]["spec"]["containers"][0]
+        # the same torchrun launch as the real job, with the toy script in place of vlm_core.cli
+        container["args"] = [str(script), "/mnt/ckpt/run", str(STEPS), "0.4"]
+    return [build_config_map(cfg), job], tmp_path / "work" / "volumes" / "pvc" / "ckpt" / "run"
+
+
+ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_kill_9_of_a_worker_process_restarts_and_resumes_to_the_planned_step(tmp_path):
+    objects, ckpt = make_job(tmp_path)
+    lines: list[str] = []
+    killed: dict[str, int] = {}
+
+    def killer() -> None:
+        # Wait until training is under way (a few checkpoints), then SIGKILL the Worker's training process.
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (ckpt / "step-3").exists():
+            time.sleep(0.05)
+        pid = int((ckpt / "pids" / "rank-1").read_text())
+        killed["after"] = max(int(n.name.split("-")[1]) for n in ckpt.glob("step-*"))
+        os.kill(pid, signal.SIGKILL)
+        killed["pid"] = pid
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    result = run_objects(objects, workdir=tmp_path / "work", env=ENV, timeout=280, log=lines.append)
+    thread.join(timeout=5)
+    log = "\n".join(lines)
+    assert killed, log
+    assert result.succeeded, log
+    assert result.restarts == 1, log
+    final = json.loads((ckpt / "final.json").read_text())
+    assert final["step"] == STEPS
+    assert final["total"] == expected_total(STEPS, world=2)  # identical to an uninterrupted run
+    resumed = [int(s) for s in (ckpt / "resumed-from").read_text().split()]
+    assert resumed[0] == 0 and resumed[1] >= killed["after"]  # resumed from the newest checkpoint
+    assert int((ckpt / "pids" / "rank-1").read_text()) != killed["pid"]  # a new worker process
+    assert "[worker-0]" in log and "restarting all replicas" in log
