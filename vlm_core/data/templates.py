@@ -70,14 +70,14 @@ class Template(ABC):
     def stop_token_id(self, tokenizer: Any) -> int:
         """The id generation stops at (the end token of an assistant reply)."""
         stop = self.stop_string(tokenizer)
-        ids = tokenizer.convert_tokens_to_ids([stop])
-        if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+        token_id = _token_ids(tokenizer, [stop])[0]
+        if token_id is None:
             raise ValueError(f"template {self.name!r} stops at {stop!r}, which the tokenizer does not have as a token")
-        return ids[0]
+        return token_id
 
     def check_tokenizer(self, tokenizer: Any) -> None:
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in self.special_tokens if t not in vocab]
+        ids = _token_ids(tokenizer, list(self.special_tokens))
+        missing = [t for t, i in zip(self.special_tokens, ids) if i is None]
         if missing:
             raise ValueError(
                 f"template {self.name!r} needs special tokens {missing} that the tokenizer lacks; "
@@ -118,6 +118,13 @@ class Template(ABC):
                     input_ids += ids
                     labels += ids if seg.trainable else [IGNORE_INDEX] * len(ids)
         return input_ids, labels
+
+
+def _token_ids(tokenizer: Any, tokens: list[str]) -> list[int | None]:
+    """Ids of whole tokens; None where the tokenizer lacks the token (cheap: no vocab copy)."""
+    ids = tokenizer.convert_tokens_to_ids(tokens) if tokens else []
+    unk = tokenizer.unk_token_id
+    return [None if i is None or (i == unk and t != tokenizer.unk_token) else i for t, i in zip(tokens, ids)]
 
 
 def _merge(segments: list[Segment]) -> list[Segment]:
