@@ -57,7 +57,9 @@ class Template(ABC):
     @abstractmethod
     def segments(self, turns: list[tuple[str, str]], tokenizer: Any, generation: bool) -> list[Segment]:
         """Segments of ``turns``; with ``generation`` the turns end with a user turn and the
-        result ends with the assistant prefix."""
+        result ends with the assistant prefix. ``tokenizer`` may be None for callers that want
+        only a template's fixed text (e.g. to train a tokenizer): text that depends on the
+        tokenizer (its eos) is then left out."""
 
     # -- shared machinery
 
@@ -203,12 +205,13 @@ class PlainTemplate(Template):
     def segments(self, turns: list[tuple[str, str]], tokenizer: Any, generation: bool) -> list[Segment]:
         _, turns = _split_system(turns, None)
         _check_alternation(turns, self.name)
+        stop = self.stop_string(tokenizer) if tokenizer is not None else ""
         segs = []
         for role, text in turns:
             if role == "user":
                 segs.append(Segment(IMAGE_PLACEHOLDER * text.count(IMAGE_PLACEHOLDER), False))
             else:
-                segs.append(Segment(text + self.stop_string(tokenizer), True))
+                segs.append(Segment(text + stop, True))
         return segs
 
 
