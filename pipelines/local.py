@@ -17,13 +17,13 @@ import contextlib
 import os
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from vlm_core import storage
-from vlm_core.config import RunConfig, parse_config
+from pipelines.steps import local_root
+from vlm_core.config import STAGE_NAMES, RunConfig, parse_config
 
 BUCKET = "vlm"
 # Placeholder keys for the local moto server only; real keys come from the environment or a Secret.
@@ -118,7 +118,7 @@ def run_local(config_path: str, *, s3: bool = False, synth: bool = True, pipelin
     """Run the pipeline end to end; returns the text of the eval table (results.md)."""
     from vlm_core.config import load_config
 
-    cfg = load_config(config_path)
+    cfg = absolute_paths(load_config(config_path))
     data_root = synth_if_missing(cfg) if synth else None
     missing = missing_inputs(cfg)
     if missing:
@@ -128,12 +128,27 @@ def run_local(config_path: str, *, s3: bool = False, synth: bool = True, pipelin
             endpoint = stack.enter_context(moto_s3())
             data_root = data_root or os.path.commonpath([storage.parent(d.url) for d in cfg.data.datasets.values()])
             cfg = on_s3(cfg, data_root, endpoint)
-        return _run_pipeline(cfg, pipeline_root or str(Path(storage.local_path(config_output_dir(cfg))) / "kfp"))
+        return _run_pipeline(cfg, pipeline_root or os.path.join(local_root(cfg), "kfp"))
 
 
-def config_output_dir(cfg: RunConfig) -> str:
-    """A local folder for KFP's own bookkeeping (the run's output when local, else ./runs/<name>)."""
-    return cfg.output if storage.is_local(cfg.output) else os.path.join("runs", cfg.name)
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The config with relative local paths made absolute: tasks and trainer replicas run in
+    other working folders than the one the config was written for."""
+    def absolute(url: str | None) -> str | None:
+        return os.path.abspath(url) if url and storage.is_local(url) and "://" not in url else url
+
+    data = cfg.model_dump(mode="json")
+    for spec in data["data"]["datasets"].values():
+        spec["url"], spec["image_root"] = absolute(spec["url"]), absolute(spec["image_root"])
+    for spec in data["eval"]["data"].values():
+        for key in ("questions", "annotations", "images"):
+            spec[key] = absolute(spec[key])
+    data["eval"]["checkpoint"] = absolute(data["eval"]["checkpoint"])
+    for stage in data["stages"].values():
+        if stage["init_from"] not in (None, *STAGE_NAMES):
+            stage["init_from"] = absolute(stage["init_from"])
+    data["output"] = absolute(data["output"])
+    return parse_config(data, source="config with absolute paths")
 
 
 def _run_pipeline(cfg: RunConfig, pipeline_root: str) -> str:

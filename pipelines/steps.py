@@ -8,12 +8,15 @@ Each step takes the run config as YAML text: that is how it travels between pipe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
 from vlm_core.config import RunConfig, parse_config
-from vlm_core.storage import s3_endpoint
+from vlm_core import storage
+from vlm_core.registry import Registry
 
 # Sentinels of the pipeline parameters that mean "as the run config says" (KFP pipeline
 # parameters cannot default to None when run with kfp.local).
@@ -25,7 +28,7 @@ KEEP_GPUS = -1
 def load_run_config(config_yaml: str) -> RunConfig:
     """Parse the config a task received; point S3 clients at the config's endpoint if unset."""
     cfg = parse_config(yaml.safe_load(config_yaml) or {}, source="pipeline parameter config_yaml")
-    if cfg.cluster.storage.s3_endpoint and not s3_endpoint():
+    if cfg.cluster.storage.s3_endpoint and not storage.s3_endpoint():
         os.environ["AWS_ENDPOINT_URL"] = cfg.cluster.storage.s3_endpoint
     return cfg
 
@@ -65,7 +68,6 @@ def stage_data(cfg: RunConfig) -> RunConfig:
     Returns the config pointing at the staged copies; datasets already staged are kept.
     """
     from operators.staging import stage_dataset
-    from vlm_core.storage import join
 
     used = {name for stage in cfg.stages.values() for name in stage.datasets}
     data = cfg.model_dump(mode="json")
@@ -73,7 +75,7 @@ def stage_data(cfg: RunConfig) -> RunConfig:
         spec = cfg.data.datasets[name]
         if spec.format == "shards":
             continue
-        dest = join(cfg.output, "data", name)
+        dest = storage.join(cfg.output, "data", name)
         stage_dataset(spec.url, dest, image_root=spec.image_root, fmt=spec.format)
         data["data"]["datasets"][name] = {"url": dest, "format": "shards", "weight": spec.weight}
     return parse_config(data, source="staged config")
@@ -85,36 +87,62 @@ class TrainResult:
     job_name: str
 
 
-def train_stage(cfg: RunConfig, stage: str, *, init_from: str | None, backend: str) -> TrainResult:
-    """Build the stage's PyTorchJob, run it on ``backend`` and wait for it to finish."""
-    from operators.pytorchjob import build_pytorchjob
-    from operators.runner import run_pytorchjob
+def local_root(cfg: RunConfig) -> str:
+    """A local folder for a run's bookkeeping: its output when local, else ./runs/<name>."""
+    return storage.local_path(cfg.output) if storage.is_local(cfg.output) else os.path.join("runs", cfg.name)
 
+
+def _launch_local(objects: list[dict], cfg: RunConfig) -> Any:
+    from operators.local_backend import run_objects
+
+    # One work folder for every stage: the replicas' /cache emptyDir (DeepSpeed's compiled ops)
+    # is then built once per run, not once per stage.
+    return run_objects(objects, workdir=os.path.join(local_root(cfg), "jobs"))
+
+
+def _launch_kubernetes(objects: list[dict], cfg: RunConfig) -> Any:
+    from operators.k8s_backend import load_kube_config, submit_and_wait
+
+    load_kube_config()  # in a KFP task: the pod's ServiceAccount (needs the launcher Role)
+    return submit_and_wait(objects, cfg.cluster.namespace)
+
+
+# Where a PyTorchJob runs: each launcher returns a status with .succeeded / .state / .reason.
+JOB_BACKENDS: Registry[Callable[[list[dict], RunConfig], Any]] = Registry("PyTorchJob backend")
+JOB_BACKENDS.add("local", _launch_local)
+JOB_BACKENDS.add("kubernetes", _launch_kubernetes)
+
+
+def train_stage(cfg: RunConfig, stage: str, *, init_from: str | None, backend: str) -> TrainResult:
+    """Build the stage's PyTorchJob (+ its ConfigMap), run it on ``backend`` and wait for it."""
+    from operators.pytorchjob import render_stage
+
+    launch = JOB_BACKENDS.get(backend)
     if init_from:
         # The upstream task's checkpoint, passed as an artifact, wins over the config's guess.
         data = cfg.model_dump(mode="json")
         data["stages"][stage]["init_from"] = init_from
         cfg = parse_config(data, source=f"config of stage {stage}")
-    job = build_pytorchjob(cfg, stage)
-    run_pytorchjob(job, backend=backend, config=cfg)
-    return TrainResult(checkpoint=cfg.stage_output(stage), job_name=job["metadata"]["name"])
+    objects = render_stage(cfg, stage)
+    job_name = next(o for o in objects if o["kind"] == "PyTorchJob")["metadata"]["name"]
+    status = launch(objects, cfg)
+    if not status.succeeded:
+        raise RuntimeError(f"PyTorchJob {job_name} ({backend}) {status.state}: {status.reason}")
+    return TrainResult(checkpoint=cfg.stage_output(stage), job_name=job_name)
 
 
 def evaluate(cfg: RunConfig, checkpoint: str) -> dict[str, float]:
-    """Run the configured benchmarks on ``checkpoint``; returns the headline numbers."""
-    from vlm_core.eval import run_eval
+    """Run the configured benchmarks on ``checkpoint`` (writes ``<output>/eval``); headline numbers."""
+    from vlm_core.eval.runner import run_eval
 
-    data = cfg.model_dump(mode="json")
-    data["eval"]["checkpoint"] = checkpoint
-    results = run_eval(parse_config(data, source="eval config"))
-    return headline_metrics(results)
+    return headline_metrics(run_eval(cfg, checkpoint=checkpoint))
 
 
-def headline_metrics(results: dict) -> dict[str, float]:
-    """``{benchmark: score}`` from the harness's results.json (one number per benchmark)."""
-    out: dict[str, float] = {}
-    for bench, entry in results.get("benchmarks", results).items():
-        score = entry.get("score") if isinstance(entry, dict) else entry
-        if isinstance(score, (int, float)):
-            out[bench] = float(score)
-    return out
+def headline_metrics(results: dict[str, dict]) -> dict[str, float]:
+    """``{"<benchmark>/<metric>": value}`` for the top-level numbers of each benchmark's result."""
+    return {
+        f"{bench}/{key}": float(value)
+        for bench, result in results.items()
+        for key, value in result.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
