@@ -43,7 +43,7 @@ def build_tokenizer(
     tokenizer = AutoTokenizer.from_pretrained(path)
     missing = [t for t in (IMAGE_TOKEN, *special_tokens) if t not in tokenizer.get_vocab()]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_additional_special_tokens=False)
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer

@@ -204,6 +204,10 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             raise ValueError("pixel_values need input_ids to find the image tokens, not inputs_embeds")
         if pixel_values is None and self.training:
             inputs_embeds = self._touch_vision_parts(inputs_embeds)
+        if use_cache is None and cache is None and (self.training or (attention_mask is None and position_ids is not None)):
+            # A fresh cache is useless here, and its presence stops transformers' mask builder from
+            # detecting packed sequences (position_ids restarting at 0) when attention_mask is None.
+            use_cache = False
         if labels is not None and input_ids is not None:
             labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
         return self.language_model(

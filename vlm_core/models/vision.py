@@ -44,6 +44,17 @@ from vlm_core.registry import Registry
 # The tiny preset shared by every family (DESIGN.md): 32 px, patch 8, width 64, 2 layers.
 _TINY = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
 
+# What a PreTrainedModel's post_init gathers from its direct children; the tower forwards its
+# model's so that the VLM sees them (device maps, fp32 modules, load-time ignores).
+_GATHERED_ATTRS = (
+    "_no_split_modules",
+    "_keep_in_fp32_modules",
+    "_keep_in_fp32_modules_strict",
+    "_skip_keys_device_placement",
+    "_keys_to_ignore_on_load_unexpected",
+    "_keys_to_ignore_on_load_missing",
+)
+
 # Tokens before the patches in each model type's hidden states (CLS, registers).
 _PREFIX_TOKENS: dict[str, Callable[[PretrainedConfig], int]] = {
     "clip_vision_model": lambda c: 1,
@@ -140,6 +151,10 @@ class VisionTower(nn.Module):
         self.encoder = encoder
         self.feature_layer = feature_layer
         self.feature_select = feature_select
+        for attr in _GATHERED_ATTRS:
+            setattr(self, attr, getattr(model, attr, None))
+        tied = getattr(model, "all_tied_weights_keys", None) or {}
+        self.all_tied_weights_keys = {f"model.{k}": f"model.{v}" for k, v in tied.items()}
         config = model.config
         model_type = config.model_type
         if model_type not in _PREFIX_TOKENS:
