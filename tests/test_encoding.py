@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.data.helpers import TinyProcessor
+from tests.fixtures.data.helpers import make_processor
 from vlm_core.data.encoding import SampleEncoder
 from vlm_core.data.templates import IGNORE_INDEX
 from vlm_core.data.types import BadSample, BadSampleStats, RawSample
@@ -32,7 +32,7 @@ def qa(question: str, answer: str | None = "red") -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def processor():
-    return TinyProcessor(num_image_tokens=N_IMG)
+    return make_processor(num_image_tokens=N_IMG)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.data.helpers import TinyProcessor
+from tests.fixtures.data.helpers import make_processor
 from vlm_core.config import DatasetSpec
 from vlm_core.data import MixtureDataset, SampleEncoder, VLMCollator, open_source
 from vlm_core.data.templates import IGNORE_INDEX
@@ -33,7 +33,7 @@ def write_jsonl(path, n: int, prefix: str, image: str | None = None, bad: set[in
 
 @pytest.fixture(scope="module")
 def processor():
-    return TinyProcessor(num_image_tokens=2)
+    return make_processor(num_image_tokens=2)
 
 
 @pytest.fixture()

@@ -136,10 +136,10 @@ def test_eval_images_are_disjoint_from_train(synth_dir):
 
 
 def test_training_samples_encode(synth_dir):
-    from tests.fixtures.data.helpers import TinyProcessor
+    from tests.fixtures.data.helpers import make_processor
     from vlm_core.data.encoding import SampleEncoder
 
-    processor = TinyProcessor(num_image_tokens=4)
+    processor = make_processor(num_image_tokens=4)
     for url, template in (("align.jsonl", "plain"), ("instruct.jsonl", "vicuna_v1")):
         source = open_source(DatasetSpec(url=str(synth_dir / url)))
         encoder = SampleEncoder(processor, template, max_length=256)

@@ -39,7 +39,6 @@ class SampleEncoder:
         self.template.check_tokenizer(self.tokenizer)
         self.max_length = max_length
         self.strict = strict
-        self._empty_pixels: Any = None
 
     def encode(self, raw: RawSample, dataset_name: str = "", dataset_index: int = 0) -> dict[str, Any]:
         try:
@@ -72,16 +71,8 @@ class SampleEncoder:
         }
 
     def pixel_values(self, refs: list) -> Any:
-        """(n, 3, H, W) pixels of the images; (0, 3, H, W) for a text-only sample."""
-        if refs:
-            return self.processor.process_images([load_image(ref) for ref in refs])
-        if self._empty_pixels is None:
-            from PIL import Image
-
-            probe = self.processor.process_images([Image.new("RGB", (8, 8))])
-            self._empty_pixels = probe.new_zeros((0, *probe.shape[1:]))
-        return self._empty_pixels
-
+        """(n, 3, H, W) pixels of the images; the processor gives (0, 3, H, W) for none."""
+        return self.processor.process_images([load_image(ref) for ref in refs])
 
 def with_image_placeholders(raw: RawSample) -> list[dict[str, str]]:
     """The conversation with one ``<image>`` per image.

@@ -32,15 +32,3 @@ def load_image(ref: ImageRef) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise BadSample("corrupt_image", f"{where}: {err}") from None
 
-
-def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """LLaVA's pad-to-square: centre the image on a square of ``background`` (the mean colour)."""
-    from PIL import Image
-
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    out = Image.new(image.mode, (side, side), background)
-    out.paste(image, ((side - width) // 2, (side - height) // 2))
-    return out
