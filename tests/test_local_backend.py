@@ -163,6 +163,7 @@ def test_timeout_stops_every_replica(tmp_path):
 @pytest.mark.timeout(900)
 def test_quickstart_align_stage_as_two_replica_pytorchjob(tmp_path):
     """The real trainer: the quickstart's align stage, Master + 1 Worker, 1 process each."""
+    import subprocess
     from pathlib import Path
 
     import yaml
@@ -171,17 +172,27 @@ def test_quickstart_align_stage_as_two_replica_pytorchjob(tmp_path):
     quickstart = root / "configs" / "quickstart.yaml"
     if not quickstart.exists() or not (root / "vlm_core" / "train" / "cli.py").exists():
         pytest.skip("needs configs/quickstart.yaml and `vlm train`")
+    data_dir = tmp_path / "synth"
+    subprocess.run([sys.executable, "-m", "vlm_core.cli", "synth", str(data_dir), "--train", "200", "--eval", "10"],
+                   check=True, capture_output=True)  # fmt: skip
     data = yaml.safe_load(quickstart.read_text())
-    data["distributed"] = {**data.get("distributed", {}), "nodes": 2, "procs_per_node": 1, "deepspeed": "none"}
+    for spec in data["data"]["datasets"].values():
+        spec["url"] = str(data_dir / Path(spec["url"]).name)
+        spec["image_root"] = str(data_dir)
+    data["stages"]["align"].update(max_steps=6, save_steps=3, logging_steps=2, per_device_batch_size=4)
+    data["distributed"] = {**data["distributed"], "nodes": 2, "procs_per_node": 1, "deepspeed": "none"}
     data["output"] = str(tmp_path / "run")
     cfg = parse_config(data)
+    objects = [build_config_map(cfg), build_pytorchjob(cfg, "align")]
+    job = objects[1]
+    assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
     lines: list[str] = []
     env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    objects = [build_config_map(cfg), build_pytorchjob(cfg, "align")]
     result = run_objects(objects, workdir=tmp_path / "job", env=env, timeout=840, log=lines.append)
-    assert result.succeeded, "\n".join(lines[-60:])
+    assert result.succeeded and result.restarts == 0, "\n".join(lines[-80:])
     assert any(line.startswith("[worker-0]") for line in lines)
-    assert (tmp_path / "run" / "align" / "config.json").exists() or any((tmp_path / "run" / "align").iterdir())
+    stage_dir = tmp_path / "run" / "align"
+    assert (stage_dir / "config.json").exists(), sorted(p.name for p in stage_dir.iterdir())
 
 
 def test_python_runs_with_this_interpreter(tmp_path):
@@ -191,3 +202,20 @@ def test_python_runs_with_this_interpreter(tmp_path):
     run_objects([build_config_map(cfg), job], workdir=tmp_path, secrets=SECRETS, timeout=30, log=lines.append)
     assert f"[master-0] exe {sys.executable}" in lines
     assert os.path.isdir(tmp_path / "logs")
+
+
+def test_run_pytorchjob_api_validates_and_dispatches(tmp_path):
+    from operators.pytorchjob import run_pytorchjob
+    from operators.validation import InvalidPyTorchJob
+
+    cfg = make_cfg(nodes=2)
+    job = with_command(build_pytorchjob(cfg, "align"), "print('api ok')")
+    lines: list[str] = []
+    result = run_pytorchjob([build_config_map(cfg), job], backend="local", workdir=tmp_path, secrets=SECRETS,
+                            timeout=30, log=lines.append)  # fmt: skip
+    assert result.succeeded and "[master-0] api ok" in lines
+    with pytest.raises(KeyError, match="unknown PyTorchJob backend 'slurm'; known: kubernetes, local"):
+        run_pytorchjob(job, backend="slurm")
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = 2
+    with pytest.raises(InvalidPyTorchJob, match="must be 1"):
+        run_pytorchjob(job, backend="local", workdir=tmp_path)
