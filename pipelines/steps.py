@@ -92,32 +92,30 @@ def local_root(cfg: RunConfig) -> str:
     return storage.local_path(cfg.output) if storage.is_local(cfg.output) else os.path.join("runs", cfg.name)
 
 
-def _launch_local(objects: list[dict], cfg: RunConfig) -> Any:
-    from operators.local_backend import run_objects
-
+def _local_options(cfg: RunConfig) -> dict[str, Any]:
     # One work folder for every stage: the replicas' /cache emptyDir (DeepSpeed's compiled ops)
     # is then built once per run, not once per stage.
-    return run_objects(objects, workdir=os.path.join(local_root(cfg), "jobs"))
+    return {"workdir": os.path.join(local_root(cfg), "jobs")}
 
 
-def _launch_kubernetes(objects: list[dict], cfg: RunConfig) -> Any:
-    from operators.k8s_backend import load_kube_config, submit_and_wait
+def _kubernetes_options(cfg: RunConfig) -> dict[str, Any]:
+    from operators.k8s_backend import load_kube_config
 
     load_kube_config()  # in a KFP task: the pod's ServiceAccount (needs the launcher Role)
-    return submit_and_wait(objects, cfg.cluster.namespace)
+    return {"namespace": cfg.cluster.namespace}
 
 
-# Where a PyTorchJob runs: each launcher returns a status with .succeeded / .state / .reason.
-JOB_BACKENDS: Registry[Callable[[list[dict], RunConfig], Any]] = Registry("PyTorchJob backend")
-JOB_BACKENDS.add("local", _launch_local)
-JOB_BACKENDS.add("kubernetes", _launch_kubernetes)
+# What each backend of operators.pytorchjob.run_pytorchjob needs to know about this run.
+BACKEND_OPTIONS: Registry[Callable[[RunConfig], dict[str, Any]]] = Registry("PyTorchJob backend")
+BACKEND_OPTIONS.add("local", _local_options)
+BACKEND_OPTIONS.add("kubernetes", _kubernetes_options)
 
 
 def train_stage(cfg: RunConfig, stage: str, *, init_from: str | None, backend: str) -> TrainResult:
     """Build the stage's PyTorchJob (+ its ConfigMap), run it on ``backend`` and wait for it."""
-    from operators.pytorchjob import render_stage
+    from operators.pytorchjob import render_stage, run_pytorchjob
 
-    launch = JOB_BACKENDS.get(backend)
+    options = BACKEND_OPTIONS.get(backend)
     if init_from:
         # The upstream task's checkpoint, passed as an artifact, wins over the config's guess.
         data = cfg.model_dump(mode="json")
@@ -125,7 +123,7 @@ def train_stage(cfg: RunConfig, stage: str, *, init_from: str | None, backend: s
         cfg = parse_config(data, source=f"config of stage {stage}")
     objects = render_stage(cfg, stage)
     job_name = next(o for o in objects if o["kind"] == "PyTorchJob")["metadata"]["name"]
-    status = launch(objects, cfg)
+    status = run_pytorchjob(objects, backend, **options(cfg))
     if not status.succeeded:
         raise RuntimeError(f"PyTorchJob {job_name} ({backend}) {status.state}: {status.reason}")
     return TrainResult(checkpoint=cfg.stage_output(stage), job_name=job_name)

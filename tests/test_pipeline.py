@@ -71,3 +71,15 @@ def test_bad_override_is_reported_like_a_config_field():
 def test_config_travels_between_tasks_as_yaml():
     cfg = load_config(QUICKSTART)
     assert steps.load_run_config(cfg.to_yaml()) == cfg
+
+
+def test_unknown_backend_names_the_known_ones():
+    import pytest
+
+    with pytest.raises(KeyError, match="unknown PyTorchJob backend 'slurm'; known: kubernetes, local"):
+        steps.train_stage(load_config(QUICKSTART), "align", init_from=None, backend="slurm")
+
+
+def test_headline_metrics_are_the_top_level_numbers():
+    results = {"synth_vqa": {"accuracy": 93.5, "num_questions": 900, "per_question_type": {"shape": 80.0}, "failed": []}}
+    assert steps.headline_metrics(results) == {"synth_vqa/accuracy": 93.5, "synth_vqa/num_questions": 900.0}
