@@ -8,6 +8,7 @@ import json
 import pkgutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import benchmarks
@@ -27,6 +28,7 @@ def run_one(name: str, quick: bool) -> list[Row]:
         module = importlib.import_module(f"benchmarks.bench_{name}")
         return list(module.bench(quick))
     except Exception as err:  # one unfinished or broken module must not hide the others
+        traceback.print_exc()
         return [error_row(name, err)]
 
 

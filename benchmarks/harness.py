@@ -156,13 +156,15 @@ def _sync() -> None:
 
 
 _RSS_WORKER = """
-import json, resource, sys, importlib
+import json, resource, sys, importlib, gc
+import psutil
 spec = json.loads(sys.argv[1])
 for name in spec["preload"]:
     importlib.import_module(name)
 import torch
 torch.set_num_threads(spec["threads"])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+gc.collect()
+before = psutil.Process().memory_info().rss // 1024
 module, func = spec["target"].split(":")
 getattr(importlib.import_module(module), func)(**spec["kwargs"])
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -173,8 +175,9 @@ print("PEAK_KB", after - before)
 def peak_rss_mb(target: str, kwargs: dict[str, Any], preload: tuple[str, ...] = ()) -> float:
     """Peak resident memory (MB) that ``module:function(**kwargs)`` adds, in a fresh process.
 
-    ru_maxrss is a high-water mark, so the libraries (``preload``: import the same ones for both
-    sides) are loaded before the first reading and only what the call itself allocates counts.
+    The process's high-water mark (ru_maxrss) minus its resident size once the libraries are
+    loaded (``preload``: import the same ones for both sides), so only what the call itself
+    allocates counts; transient peaks of the imports themselves cannot hide it.
     """
     import torch
 
