@@ -3,7 +3,7 @@
 The guarantees, and how they are kept:
 
 - *parallel*: images are read and shards uploaded by thread pools; at most ``workers`` built
-  shards wait in memory for their upload, so memory stays near ``2 * workers`` shards;
+  shards wait for or are in upload while the next one is built, which bounds memory;
 - *resumable*: shard bytes are a pure function of the source samples, so a re-run rebuilds the
   same shard, finds an object of that name and size in the destination, hashes it, and skips
   the upload when the sha256 matches (a mismatch is reported and the shard re-uploaded);
@@ -32,6 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 from tqdm.auto import tqdm
 
 from vlm_core import storage
+from vlm_core.config import DatasetSpec
+from vlm_core.data.readers import detect_format, open_source
 from vlm_core.data.shards import (
     TAR_TRAILER_MAX,
     Manifest,
@@ -58,6 +60,10 @@ _HASH_CHUNK = 8 * 2**20
 _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
 
 
+class StagingError(RuntimeError):
+    """Staging finished but the destination failed verification."""
+
+
 def stage_dataset(
     src_url: str,
     dest_url: str,
@@ -71,9 +77,6 @@ def stage_dataset(
     progress: bool = True,
 ) -> Manifest:
     """Stage the dataset at ``src_url`` (any reader format of ``vlm_core.data.readers``) to ``dest_url``."""
-    from vlm_core.config import DatasetSpec
-    from vlm_core.data.readers import detect_format, open_source
-
     fmt = detect_format(src_url) if fmt == "auto" else fmt
     if fmt == "shards":
         raise ValueError(f"{redact_url(src_url)} is already a staged dataset; copy the folder instead of staging it again")
@@ -153,10 +156,6 @@ def stage_source(
         if problems:
             raise StagingError(f"verification of {redact_url(dest_url)} failed:\n  " + "\n  ".join(problems))
     return manifest
-
-
-class StagingError(RuntimeError):
-    pass
 
 
 def verify_dataset(dest_url: str, *, workers: int = 8, progress: bool = False) -> list[str]:
