@@ -274,6 +274,10 @@ class ParquetSource(Source):
     def __len__(self) -> int:
         return self._len
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get the index, not this process's decoded row groups.
+        return {**self.__dict__, "_cache": OrderedDict()}
+
     def _file(self, fi: int) -> Any:
         return self._handles[fi].get()
 
