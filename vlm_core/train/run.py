@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vlm_core import storage
 from vlm_core.config import RunConfig, StageConfig
+from vlm_core.train.streaming import StreamingMixture, first_samples, is_streaming
 
 log = logging.getLogger("vlm.train")
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -73,6 +74,9 @@ def init_distributed(cfg: RunConfig):
     from accelerate import PartialState
 
     _ensure_process_group_env()
+    if cfg.distributed.deepspeed != "none":
+        # accelerate marks its state as DeepSpeed's only when told so before it is created.
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     backend = cfg.distributed.backend
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -118,8 +122,8 @@ def _tokenizer_texts(cfg: RunConfig, sources) -> list[str]:
     texts = _template_texts(cfg)
     for name in wanted:
         source = sources[name][0] if name in sources else _open_sources(cfg, [name])[name][0]
-        for i in range(min(len(source), TOKENIZER_CORPUS_LIMIT)):
-            texts += [turn["value"] for turn in source[i].conversations]
+        for sample in first_samples(source, TOKENIZER_CORPUS_LIMIT):
+            texts += [turn["value"] for turn in sample.conversations]
     return texts
 
 
@@ -149,6 +153,7 @@ def build_model_for_stage(cfg: RunConfig, stage_name: str, sources):
 
 
 def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources):
+    """A map-style mixture of random-access sources, or a stream when any source is staged shards."""
     from vlm_core.data.encoding import SampleEncoder
     from vlm_core.data.mixture import MixtureDataset
     from vlm_core.data.templates import get_template
@@ -160,6 +165,8 @@ def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources):
         image_aspect=cfg.data.image_aspect,
         strict=cfg.data.strict,
     )
+    if any(is_streaming(source) for source, _ in sources.values()):
+        return StreamingMixture(sources, encoder, seed=stage.seed)
     return MixtureDataset(sources, encoder, seed=stage.seed)
 
 
@@ -253,7 +260,6 @@ def training_arguments(cfg: RunConfig, stage: StageConfig, paths: StagePaths, on
         dataloader_num_workers=cfg.data.num_workers,
         dataloader_pin_memory=on_cuda,
         seed=stage.seed,
-        use_cpu=not on_cuda,
         average_tokens_across_devices=False,
         accelerator_config={"use_configured_state": True},
         ddp_find_unused_parameters=False,
@@ -294,7 +300,7 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
         data_collator=build_collator(cfg, processor),
         callbacks=callbacks,
         dataset_names=list(dataset.dataset_names),
-        lengths=dataset.lengths if stage.group_by_modality_length and not cfg.data.packing else None,
+        lengths=dataset.lengths if _groups_by_length(stage, cfg, dataset) else None,
     )
     checkpoint = None
     if resume == "auto":
@@ -317,15 +323,22 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
     return paths.url
 
 
+def _groups_by_length(stage: StageConfig, cfg: RunConfig, dataset) -> bool:
+    return stage.group_by_modality_length and not cfg.data.packing and not isinstance(dataset, StreamingMixture)
+
+
 def _report_bad_samples(dataset, state) -> None:
+    """Skipped samples of every rank, summed, in one line per dataset on rank 0."""
     import torch.distributed as dist
 
-    stats = dataset.stats
+    from vlm_core.data.types import BadSampleStats
+
+    stats = dataset.bad_stats
     if dist.is_available() and dist.is_initialized():
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, stats)
-        for other in gathered[1:]:
-            stats = stats.merge(other) if hasattr(stats, "merge") else stats
-        stats = gathered[0].__class__.merged(gathered) if hasattr(gathered[0].__class__, "merged") else stats
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, stats.to_dict())
+        stats = BadSampleStats()
+        for counts in gathered:
+            stats.merge(BadSampleStats.from_dict(counts))
     if state.is_main_process and stats.total:
-        log.warning("skipped samples:\n%s", stats.summary())
+        log.warning("%s", stats.summary())

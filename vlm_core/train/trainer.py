@@ -52,6 +52,23 @@ class VLMTrainer(Trainer):
             seed=self.args.seed,
         )
 
+    def get_train_dataloader(self):
+        """A stream shards itself by rank and worker: give it a plain DataLoader, not accelerate's
+        (which would make every rank read everything and keep every n-th batch)."""
+        from torch.utils.data import DataLoader
+
+        from vlm_core.train.streaming import StreamingMixture
+
+        if not isinstance(self.train_dataset, StreamingMixture):
+            return super().get_train_dataloader()
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.args.train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+
     def train(self, *args, **kwargs):
         self._last_log_time = time.perf_counter()
         return super().train(*args, **kwargs)
