@@ -49,7 +49,9 @@ def _summed_loss_and_grads(model, batch):
     """Sum of token losses (so both layouts normalize identically) and every parameter's gradient."""
     model.zero_grad()
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "dataset_index", "pixel_values")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "dataset_index")}
+    if "pixel_values" in inputs and inputs["pixel_values"].shape[0] == 0:
+        del inputs["pixel_values"]  # text-only samples (the tiny Llama takes no images)
     logits = model(**inputs).logits
     loss = torch.nn.functional.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
@@ -139,3 +141,52 @@ def test_plan_rows_first_fit_decreasing():
 def test_errors_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------- the full VLM
+
+IMAGE_ID = 45
+
+
+def _tiny_vlm(attn: str):
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    from vlm_core.models.modeling_vlm import VLMConfig, VLMForConditionalGeneration
+
+    vision = CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=4)
+    text = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = VLMConfig(vision_config=vision, text_config=text, feature_layer=-1, image_token_id=IMAGE_ID)
+    torch.manual_seed(0)
+    return VLMForConditionalGeneration._from_config(cfg, attn_implementation=attn).train()
+
+
+def _vlm_samples():
+    """Samples with 1, 0 and 2 images (4 image tokens each) and distinct pixels per image."""
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n, (images, text) in enumerate([(1, 6), (0, 9), (2, 3), (1, 1)]):
+        ids = torch.cat([torch.full((4 * images,), IMAGE_ID), torch.randint(1, IMAGE_ID, (text,), generator=g)])
+        labels = ids.clone()
+        labels[: 4 * images + 1] = IGNORE_INDEX
+        pixels = torch.randn(images, 3, 16, 16, generator=g)
+        out.append({"input_ids": ids, "labels": labels, "pixel_values": pixels, "dataset_index": n})
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("max_tokens", [None, 12])
+def test_vlm_packed_loss_and_gradients_equal_padded(attn, max_tokens):
+    from vlm_core.data.collate import VLMCollator
+
+    model = _tiny_vlm(attn)
+    samples = _vlm_samples()
+    packed = PackingCollator(pad_token_id=PAD, max_tokens=max_tokens)(samples)
+    ref_loss, ref_grads = _summed_loss_and_grads(model, VLMCollator(PAD)(samples))
+    loss, grads = _summed_loss_and_grads(model, packed)
+
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert any(name.startswith("vision_tower.") for name in grads)  # images reached the loss
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
