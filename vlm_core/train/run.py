@@ -316,11 +316,28 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
     trainer.save_model(paths.local)
     if state.is_main_process:
         processor.save_pretrained(paths.local)
+        if stage.lora is not None:
+            _point_adapter_at_base(paths.local, cfg.resolve_init(stage_name))
         if not storage.is_local(paths.url):
             storage.upload_dir(paths.local, paths.url)
         log.info("stage %s finished at step %d: %s", stage_name, trainer.state.global_step, paths.url)
     state.wait_for_everyone()
     return paths.url
+
+
+def _point_adapter_at_base(folder: str, base_url: str | None) -> None:
+    """A LoRA stage's output names the checkpoint it adapts by URL (peft wrote a local path)."""
+    import json
+
+    if base_url is None:
+        log.warning("LoRA on a randomly initialised model: export needs the base, which was never saved")
+        return
+    path = os.path.join(folder, "adapter_config.json")
+    with open(path) as f:
+        adapter = json.load(f)
+    adapter["base_model_name_or_path"] = base_url
+    with open(path, "w") as f:
+        json.dump(adapter, f, indent=2)
 
 
 def _groups_by_length(stage: StageConfig, cfg: RunConfig, dataset) -> bool:

@@ -1,0 +1,145 @@
+"""Multi-process training on tiny models: torchrun + DeepSpeed (ZeRO-2 and ZeRO-3) on CPU with gloo,
+kill-and-resume, LoRA with the projector trained, export with merged adapters.
+
+The accuracy run of the full quickstart lives in tests/test_pipeline_e2e.py (the same
+torchrun + ZeRO-2 stages, launched as PyTorchJobs by the local pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def _torchrun(config: Path, stage: str, *extra: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-port=0",
+            "-m", "vlm_core.cli", "train", "--config", str(config), "--stage", stage, *extra]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    subprocess.run([sys.executable, "-m", "vlm_core.cli", "synth", str(root / "synth"), "--train", "120", "--eval", "4"],
+                   check=True, env=_env(), capture_output=True)
+    cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    cfg["output"] = str(root / "out")
+    for ds in cfg["data"]["datasets"].values():
+        ds["url"] = str(root / "synth" / Path(ds["url"]).name)
+        ds["image_root"] = str(root / "synth")
+    cfg["stages"]["align"].update(max_steps=16, save_steps=4, logging_steps=2, warmup_steps=2, per_device_batch_size=4)
+    cfg["stages"]["instruct"].update(max_steps=4, save_steps=2, logging_steps=1, warmup_steps=1, per_device_batch_size=4)
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def _trainer_state(folder: Path) -> dict:
+    return json.loads((folder / "trainer_state.json").read_text())
+
+
+def test_align_killed_mid_stage_resumes_from_newest_checkpoint(run_dir: Path):
+    config = run_dir / "config.yaml"
+    checkpoints = run_dir / "out" / "align" / "checkpoints"
+    proc = subprocess.Popen(_torchrun(config, "align", "--resume", "auto"), env=_env(), cwd=run_dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while not (checkpoints / "checkpoint-8" / "trainer_state.json").exists():
+            assert proc.poll() is None, "training ended before the second checkpoint"
+            assert time.time() < deadline, "no checkpoint-8 within the deadline"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # every rank dies, as when a pod is evicted
+        proc.wait()
+    assert not (run_dir / "out" / "align" / "model.safetensors").exists()
+    newest = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+    assert 8 <= newest < 16
+
+    resumed = subprocess.run(_torchrun(config, "align", "--resume", "auto"), env=_env(), cwd=run_dir,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming from {checkpoints}/checkpoint-{newest}" in resumed.stderr
+    final = _trainer_state(checkpoints / "checkpoint-16")
+    assert final["global_step"] == 16
+    # the resumed run logged only steps after the checkpoint it started from
+    steps = [entry["step"] for entry in final["log_history"] if "loss" in entry]
+    assert steps == sorted(set(steps)) and steps[-1] == 16
+    first, last = final["log_history"][0]["loss"], [e["loss"] for e in final["log_history"] if "loss" in e][-1]
+    assert last < first, "alignment loss did not drop"
+    assert (run_dir / "out" / "align" / "model.safetensors").exists()
+
+
+def test_instruct_under_zero3_saves_a_loadable_checkpoint(run_dir: Path):
+    from transformers import AutoModelForImageTextToText
+
+    import vlm_core.models  # noqa: F401  (registers the Auto classes)
+    from vlm_core.config import load_config
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["distributed"]["deepspeed"] = "zero3"
+    config = run_dir / "zero3.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    assert (run_dir / "out" / "align" / "config.json").exists(), "runs after the align test"
+    result = subprocess.run(_torchrun(config, "instruct"), env=_env(), cwd=run_dir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    out = Path(load_config(config).stage_output("instruct"))
+    model = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=False)
+    align = AutoModelForImageTextToText.from_pretrained(run_dir / "out" / "align")
+    tuned = dict(model.named_parameters())
+    # ZeRO-3 gathered real weights (not empty partitions), and the LLM moved away from align's
+    for name, param in align.named_parameters():
+        assert tuned[name].shape == param.shape and tuned[name].numel() > 0
+    llm_name = next(n for n, _ in align.named_parameters() if n.startswith("language_model") and "embed" in n)
+    assert not torch.equal(tuned[llm_name], dict(align.named_parameters())[llm_name])
+
+
+def test_lora_trains_projector_and_export_merges(run_dir: Path):
+    from vlm_core.models.checkpoint import load_checkpoint
+    from vlm_core.train.export import export_checkpoint, load_merged
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["output"] = str(run_dir / "lora-out")
+    cfg["distributed"]["deepspeed"] = "none"
+    cfg["stages"]["instruct"].update(init_from=str(run_dir / "out" / "align"), trainable=["projector", "llm"],
+                                     lora={"r": 4, "alpha": 8, "dropout": 0.0}, learning_rate=5e-3)
+    config = run_dir / "lora.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run([sys.executable, "-m", "vlm_core.cli", "train", "--config", str(config), "--stage", "instruct"],
+                            env=_env(), cwd=run_dir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    adapter = run_dir / "lora-out" / "instruct"
+    assert (adapter / "adapter_config.json").exists()
+
+    base, _ = load_checkpoint(str(run_dir / "out" / "align"))
+    merged, processor = load_merged(str(adapter))
+    base_params, merged_params = dict(base.named_parameters()), dict(merged.named_parameters())
+    assert set(base_params) == set(merged_params), "merging left peft wrappers behind"
+    changed = lambda prefix: any(  # noqa: E731
+        not torch.equal(base_params[n], merged_params[n]) for n in base_params if n.startswith(prefix)
+    )
+    assert changed("projector"), "the projector did not learn under LoRA"
+    assert changed("language_model"), "the LoRA update was not merged into the LLM"
+    assert not changed("vision_tower")
+
+    exported = export_checkpoint(str(adapter), str(run_dir / "exported"))
+    reloaded, _ = load_checkpoint(exported)
+    ids = torch.tensor([[processor.tokenizer.bos_token_id or 1, 5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
