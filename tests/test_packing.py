@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm_core.data.packing import IGNORE_INDEX, PackingCollator, make_packing_collator, plan_rows
+from vlm_core.data.packing import (
+    IGNORE_INDEX,
+    PackingCollator,
+    make_packing_collator,
+    plan_rows,
+    token_sample_index,
+)
 
 PAD = 0
 LENGTHS = (9, 3, 14, 1, 6)
@@ -118,11 +124,14 @@ def test_layout_positions_labels_and_order():
     assert batch["use_cache"] is False
 
 
-def test_rows_pad_with_a_separate_position_run():
-    batch = make_packing_collator(PAD, max_tokens=4)(_samples((3, 4, 1)))
-    # first-fit-decreasing: [4], [3, 1]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 0]]
+def test_rows_padding_continues_the_last_sample():
+    batch = make_packing_collator(PAD, max_tokens=5)(_samples((3, 4, 1)))
+    # first-fit-decreasing: [4, 1], [3] + 2 pads
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0], [0, 1, 2, 3, 4]]
+    assert batch["input_ids"][1, 3:].tolist() == [PAD, PAD]
+    assert batch["labels"][1, 3:].tolist() == [IGNORE_INDEX, IGNORE_INDEX]
     assert batch["dataset_index"].tolist() == [1, 0, 0]
+    assert token_sample_index(batch["position_ids"]).tolist() == [[0, 0, 0, 0, 1], [2, 2, 2, 2, 2]]
 
 
 def test_plan_rows_first_fit_decreasing():

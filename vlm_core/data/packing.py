@@ -17,10 +17,12 @@ ones; packed, it computes 1160. What keeps the samples apart is transformers' ow
 
 Rows: without ``max_tokens`` all samples go to one row (what flash attention needs). With it,
 samples are placed first-fit-decreasing into rows of at most ``max_tokens`` tokens (fewer
-quadratic attention blocks for sdpa/eager on long packs); shorter rows are right-padded with a
-run of pad tokens whose positions restart at 0, so padding is just one more sample without labels.
-``pixel_values`` and ``dataset_index`` follow the packed order, row by row, which is the order in
-which the model meets the image tokens.
+quadratic attention blocks for sdpa/eager on long packs); shorter rows are right-padded with
+pad tokens whose positions continue the row's last sample (unlabelled, and causal attention never
+lets a real token see a later pad). So a position 0 starts every sample and nothing else:
+``token_sample_index`` maps tokens to samples from that alone. ``pixel_values`` and
+``dataset_index`` follow the packed order, row by row, which is the order in which the model meets
+the image tokens.
 """
 
 from __future__ import annotations
@@ -100,9 +102,10 @@ class PackingCollator:
                 seg_pos.append(torch.arange(ids[i].numel()))
             pad = width - sum(x.numel() for x in seg_ids)
             if pad:
+                last = seg_pos[-1].numel()
                 seg_ids.append(torch.full((pad,), self.pad_token_id, dtype=torch.long))
                 seg_labels.append(torch.full((pad,), IGNORE_INDEX, dtype=torch.long))
-                seg_pos.append(torch.arange(pad))
+                seg_pos.append(torch.arange(last, last + pad))
             out_ids.append(torch.cat(seg_ids))
             out_labels.append(torch.cat(seg_labels))
             out_pos.append(torch.cat(seg_pos))
@@ -124,6 +127,16 @@ class PackingCollator:
 def _has_images(sample: Mapping[str, Any]) -> bool:
     pixels = sample.get("pixel_values")
     return pixels is not None and pixels.shape[0] > 0
+
+
+def token_sample_index(position_ids: torch.Tensor) -> torch.Tensor:
+    """For each token of a packed batch, the index of its sample in packed order (``dataset_index``'s).
+
+    Per-sample statistics (e.g. per-dataset loss) gather with it; it is exact because only a
+    sample's first token has position 0 (padding continues the last sample of its row).
+    """
+    starts = (position_ids == 0).flatten().long()
+    return (starts.cumsum(0) - 1).view_as(position_ids)
 
 
 def make_packing_collator(pad_token_id: int, max_tokens: int | None = None) -> PackingCollator:
