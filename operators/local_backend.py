@@ -24,7 +24,8 @@ static rendezvous on the Master (torchrun then sets the per-process RANK/WORLD_S
 Volumes map to local folders under ``workdir``: a ConfigMap to a folder holding its files (from
 sibling ConfigMap objects or ``config_files``), a PVC to ``volumes/pvc/<claim>`` shared by all
 replicas (like a ReadWriteMany claim), an emptyDir to a folder per replica; ``/dev/shm`` stays
-the host's. Mount paths in the command, args, env values and ConfigMap files are rewritten to
+the host's, and the ``cache`` volume (compiled DeepSpeed ops) is this machine's cache folder
+(``host_cache_dirs``; ``volume_dirs`` maps any volume by name). Mount paths in the command, args, env values and ConfigMap files are rewritten to
 those folders, so ``--config /etc/vlm/config.yaml`` and an ``output: /mnt/vlm/runs/x`` resolve
 locally. ``secretKeyRef`` values come from ``secrets`` ({secret: {key: value}}) or, failing that,
 from this environment's variable of the same name; they are never logged.
@@ -181,11 +182,22 @@ def _config_map_data(config_maps: list[dict[str, Any]]) -> dict[str, dict[str, s
     return {cm["metadata"]["name"]: dict(cm.get("data") or {}) for cm in config_maps}
 
 
+def host_cache_dirs() -> dict[str, Path]:
+    """Volumes that map to this machine's own caches rather than per-run folders.
+
+    The pods' `cache` emptyDir holds DeepSpeed's compiled ops (a minute to build) and hub files;
+    on a cluster it lives as long as the pod, here it can outlive the run.
+    """
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vlm" / "pytorchjob"
+    return {"cache": root}
+
+
 def _prepare_volumes(
     replica: Replica,
     workdir: Path,
     config_maps: dict[str, dict[str, str]],
     config_files: Mapping[str, str | Path],
+    volume_dirs: Mapping[str, str | Path],
 ) -> PathMap:
     volumes = {v["name"]: v for v in replica.pod_spec.get("volumes") or []}
     mounts: dict[str, Path] = {}
@@ -195,7 +207,9 @@ def _prepare_volumes(
         volume = volumes.get(mount["name"])
         if volume is None:
             raise LocalJobError(f"{replica.name}: volumeMount {mount['name']!r} names no volume of the pod")
-        if "configMap" in volume:
+        if mount["name"] in volume_dirs:
+            mounts[path] = Path(volume_dirs[mount["name"]])
+        elif "configMap" in volume:
             cm = volume["configMap"]["name"]
             if cm in config_files:
                 mounts[path] = Path(config_files[cm])
@@ -363,6 +377,7 @@ def run_local(
     workdir: str | Path,
     config_maps: list[dict[str, Any]] = (),
     config_files: Mapping[str, str | Path] | None = None,
+    volume_dirs: Mapping[str, str | Path] | None = None,
     secrets: Mapping[str, Mapping[str, str]] | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
@@ -378,7 +393,9 @@ def run_local(
     cm_data = _config_map_data(list(config_maps))
     prepared = []
     for replica in replicas:
-        path_map = _prepare_volumes(replica, workdir, cm_data, config_files or {})
+        path_map = _prepare_volumes(
+            replica, workdir, cm_data, config_files or {}, host_cache_dirs() if volume_dirs is None else volume_dirs
+        )
         base = {**os.environ, **(env or {}), **_container_env(replica, job, path_map, secrets or {})}
         working_dir = replica.container.get("workingDir")
         cwd = Path(path_map(working_dir)) if working_dir else workdir
