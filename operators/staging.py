@@ -281,12 +281,22 @@ class _Destination:
                 log.debug("%s already present", info.name)
                 return info, False
             log.warning("%s: checksum mismatch (expected %s, found %s); uploading it again", info.name, digest, found)
-        tmp = self._path(f"{TMP_DIR}/{uuid.uuid4().hex}-{info.name}")
-        self.fs.makedirs(self.fs._parent(tmp), exist_ok=True)
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, self._path(info.name))
+        self._put_atomically(info.name, data)
         log.debug("uploaded %s", info.name)
         return info, True
+
+    def _put_atomically(self, name: str, data: bytes) -> None:
+        tmp, final = self._path(f"{TMP_DIR}/{uuid.uuid4().hex}-{name}"), self._path(name)
+        if storage.is_local(self.url):
+            self.fs.makedirs(self.fs._parent(tmp), exist_ok=True)
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, final)  # a rename
+        else:
+            # Object stores have no rename: a server-side copy, then the temporary goes. (Not
+            # fs.mv, which lists the prefix first: needless requests that race with the deletes.)
+            self.fs.pipe_file(tmp, data)
+            self.fs.cp_file(tmp, final)
+            self.fs.rm_file(tmp)
 
     def sha256(self, name: str) -> str:
         digest = hashlib.sha256()
