@@ -223,3 +223,10 @@ def test_user_info_in_urls_is_redacted():
     assert redact_url("s3://AKID:secret@bucket/data") == "s3://bucket/data"
     assert redact_url("https://bucket.example.com/a@b.json") == "https://bucket.example.com/a@b.json"
     assert redact_url("/local/path") == "/local/path"
+
+
+def test_cli_explains_a_missing_source(tmp_path):
+    result = CliRunner().invoke(stage_command, [str(tmp_path / "nope.jsonl"), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "nope.jsonl" in result.output
+    assert not (tmp_path / "out" / "manifest.json").exists()
