@@ -6,7 +6,8 @@ import torch
 
 from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS, deepspeed_config
 from vlm_core.train.sampler import ModalityLengthGroupedSampler
-from vlm_core.train.trainer import token_losses
+from vlm_core.data.packing import make_packing_collator
+from vlm_core.train.trainer import target_samples, token_losses
 
 
 def test_presets_defer_numbers_to_the_trainer_and_gather_on_save():
@@ -39,7 +40,22 @@ def test_grouped_sampler_is_a_deterministic_permutation_with_modality_pure_batch
 def test_token_losses_ignore_padding_and_prompt():
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 6, 5]])
-    sums, counts = token_losses(logits, labels)
-    assert counts.tolist() == [2, 4]
+    losses = token_losses(logits, labels)
+    assert (losses[labels[:, 1:] == -100] == 0).all()
     expected = torch.nn.functional.cross_entropy(logits[0, 1:3], labels[0, 2:4], reduction="sum")
-    assert torch.allclose(sums[0], expected)
+    assert torch.allclose(losses[0].sum(), expected)
+
+
+def _sample(n: int, dataset: int) -> dict:
+    ids = torch.arange(1, n + 1)
+    return {"input_ids": ids, "labels": ids.clone(), "pixel_values": torch.zeros(0, 3, 4, 4), "dataset_index": dataset}
+
+
+def test_per_dataset_targets_follow_samples_in_packed_rows():
+    batch = make_packing_collator(pad_token_id=0, max_tokens=None)([_sample(3, 0), _sample(4, 1), _sample(2, 0)])
+    owners = target_samples(batch["labels"], batch["position_ids"], packed=True)
+    datasets = batch["dataset_index"][owners][batch["labels"][:, 1:] != -100]
+    # each sample's first token is never a target: 2 + 3 + 1 scored targets
+    assert sorted(datasets.tolist()) == [0, 0, 0, 1, 1, 1]
+    padded = target_samples(torch.zeros(2, 5, dtype=torch.long), None, packed=False)
+    assert padded.tolist() == [[0] * 4, [1] * 4]

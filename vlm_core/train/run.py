@@ -175,7 +175,9 @@ def build_collator(cfg: RunConfig, processor):
     if cfg.data.packing:
         from vlm_core.data.packing import make_packing_collator
 
-        return make_packing_collator(pad_token_id=pad_id, max_tokens=cfg.data.max_length)
+        # flash-attention finds sample boundaries only in a single packed row
+        single_row = cfg.model.llm.attn_implementation == "flash_attention_2"
+        return make_packing_collator(pad_token_id=pad_id, max_tokens=None if single_row else cfg.data.max_length)
     from vlm_core.data.collate import VLMCollator
 
     return VLMCollator(pad_token_id=pad_id)

@@ -16,15 +16,24 @@ from vlm_core.train.sampler import ModalityLengthGroupedSampler
 IGNORE_INDEX = -100
 
 
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample summed next-token loss and per-sample count of scored tokens."""
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token loss of every position, 0 where the target is ignored: shape (B, T-1)."""
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
-    losses = F.cross_entropy(
+    return F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     ).view(shift_labels.shape)
-    counts = (shift_labels != IGNORE_INDEX).sum(dim=1)
-    return losses.sum(dim=1), counts
+
+
+def target_samples(labels: torch.Tensor, position_ids: torch.Tensor | None, packed: bool) -> torch.Tensor:
+    """Which sample each shifted target belongs to: its row, or in a packed row the sample whose
+    positions restart at 0."""
+    if packed:
+        from vlm_core.data.packing import token_sample_index
+
+        return token_sample_index(position_ids)[:, 1:]
+    rows = torch.arange(labels.size(0), device=labels.device)
+    return rows[:, None].expand(-1, labels.size(1) - 1)
 
 
 class VLMTrainer(Trainer):
@@ -77,16 +86,19 @@ class VLMTrainer(Trainer):
         labels = inputs.pop("labels")
         dataset_index = inputs.pop("dataset_index", None)
         outputs = model(**inputs)
-        sums, counts = token_losses(outputs.logits, labels)
-        loss = sums.sum() / counts.sum().clamp(min=1)
+        losses = token_losses(outputs.logits, labels)
+        scored = labels[:, 1:] != IGNORE_INDEX
+        loss = losses.sum() / scored.sum().clamp(min=1)
         with torch.no_grad():
-            if dataset_index is not None:
-                idx = dataset_index.detach().cpu()
-                self._dataset_loss.index_add_(0, idx, sums.detach().cpu().double())
-                self._dataset_tokens.index_add_(0, idx, counts.detach().cpu().double())
             attention = inputs.get("attention_mask")
+            packed = attention is None and inputs.get("position_ids") is not None
+            samples = len(dataset_index) if dataset_index is not None else labels.size(0)
+            if dataset_index is not None:
+                token_dataset = dataset_index[target_samples(labels, inputs.get("position_ids"), packed)][scored]
+                self._dataset_loss.index_add_(0, token_dataset.cpu(), losses[scored].detach().cpu().double())
+                self._dataset_tokens.index_add_(0, token_dataset.cpu(), torch.ones(len(token_dataset), dtype=torch.float64))
             tokens = attention.sum() if attention is not None else inputs["input_ids"].numel()
-            self._seen += torch.tensor([labels.size(0), float(tokens)], dtype=torch.float64)
+            self._seen += torch.tensor([samples, float(tokens)], dtype=torch.float64)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
