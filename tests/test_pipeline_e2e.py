@@ -7,6 +7,9 @@ Synthetic data -> stage (shards) -> align and instruct as PyTorchJobs on the loc
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -54,3 +57,16 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     for stage in ("align", "instruct"):
         losses = _scalars(cfg.tensorboard_dir(stage), "train/loss")
         assert len(losses) >= 2 and losses[-1] < losses[0], (stage, losses)
+
+    # [eval]: the same checkpoint scored again by `vlm eval run` under torchrun with 2 processes
+    # gives the single-process answers and scores exactly.
+    two = tmp_path / "eval-2proc"
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=0", "-m", "vlm_core.cli",
+         "eval", "run", "--config", config, "--output", str(two)],
+        check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=600,
+    )
+    again = json.loads((two / "results.json").read_text())
+    for bench in cfg.eval.benchmarks:
+        assert again[bench] == results[bench], bench
+        assert (two / "answers" / f"{bench}.jsonl").read_text() == open(f"{cfg.eval_output()}/answers/{bench}.jsonl").read()
