@@ -2,8 +2,10 @@
 
     python benchmarks/gpu_mfu.py --quick          # < 2 min on one H100
     python benchmarks/gpu_mfu.py                  # fuller sweep, still guarded by --time-limit
+    PYTHONPATH=. python benchmarks/gpu_mfu.py --model vlm llava   # ours and transformers' Llava
 
-Needs only torch + transformers and a CUDA GPU; never part of CI. Random weights, shapes of
+Needs torch + transformers and a CUDA GPU (`--model vlm` also this repo's vlm_core on the path,
+which needs pydantic); never part of CI. Random weights, shapes of
 LLaVA-1.5-7B: CLIP ViT-L/14 at 336 px (576 patch tokens per image, feature layer -2), an
 mlp2x_gelu projector, Llama-2-7B (hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32064).
 
@@ -60,7 +62,29 @@ def peak_tflops(name: str, override: float | None) -> float:
     raise SystemExit(f"no known bf16 peak for {name!r}; pass --peak-tflops (known: {', '.join(k for k, _ in PEAK_BF16_TFLOPS)})")
 
 
-def build(layers: int, attn: str):
+def build(kind: str, layers: int, attn: str):
+    return MODELS[kind](layers, attn)
+
+
+def build_vlm(layers: int, attn: str):
+    """Our VLMForConditionalGeneration with the same encoder, projector and LLM shapes."""
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    from vlm_core.models.modeling_vlm import VLMConfig, VLMForConditionalGeneration
+
+    cfg = VLMConfig(
+        vision_config=CLIPVisionConfig(**VISION),
+        text_config=LlamaConfig(**{**LLM, "num_hidden_layers": layers}, use_cache=False),
+        vision_encoder="clip", feature_layer=-2, feature_select="patch", projector_type="mlp2x_gelu",
+        image_token_id=IMAGE_TOKEN, num_image_tokens=(VISION["image_size"] // VISION["patch_size"]) ** 2,
+    )
+    with torch.device("cuda"):
+        model = VLMForConditionalGeneration._from_config(cfg, attn_implementation=attn, dtype=torch.bfloat16)
+    model.vision_tower.requires_grad_(False)
+    return model.train()
+
+
+def build_llava(layers: int, attn: str):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     cfg = LlavaConfig(
@@ -76,12 +100,22 @@ def build(layers: int, attn: str):
     return model.train()
 
 
+MODELS = {"vlm": build_vlm, "llava": build_llava}
+
+
+def _parts(model):
+    """(LLM body, LM head, vision tower, projector) of either model."""
+    if hasattr(model, "language_model") and hasattr(model, "projector"):  # ours
+        return model.language_model.model, model.language_model.lm_head, model.vision_tower, model.projector
+    return model.model.language_model, model.lm_head, model.model.vision_tower, model.model.multi_modal_projector
+
+
 def model_flops(model, batch: int, seq: int) -> float:
     text, vision = model.config.text_config, model.config.vision_config
-    lm = model.model.language_model
-    p_llm = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel() + model.lm_head.weight.numel()
-    p_vit = sum(p.numel() for p in model.model.vision_tower.parameters())
-    p_proj = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    lm, head, tower, projector = _parts(model)
+    p_llm = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel() + head.weight.numel()
+    p_vit = sum(p.numel() for p in tower.parameters())
+    p_proj = sum(p.numel() for p in projector.parameters())
     patches = (vision.image_size // vision.patch_size) ** 2
     n_vit = patches + 1  # + CLS
     llm = 6 * p_llm * batch * seq + 12 * text.num_hidden_layers * text.hidden_size * seq**2 * batch
@@ -151,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=2048, help="tokens per sample (576 are image tokens)")
     parser.add_argument("--batch", type=int, nargs="*", help="batch sizes (default: 2 quick; 2 4 8 full)")
     parser.add_argument("--attn", nargs="*", default=["sdpa", "flash_attention_2"], help="attention implementations to try")
+    parser.add_argument("--model", nargs="*", default=["vlm", "llava"], choices=sorted(MODELS),
+                        help="vlm: ours; llava: transformers' LlavaForConditionalGeneration")
     parser.add_argument("--time-limit", type=float, default=270.0, help="stop starting new settings after this many seconds")
     args = parser.parse_args(argv)
 
@@ -167,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     results, notes = [], [f"attention not available: {a}" for a in skipped]
-    for attn in impls:
-        model = build(args.layers, attn)
+    for kind, attn in [(k, a) for a in impls for k in args.model]:
+        model = build(kind, args.layers, attn)
         for checkpointing in (False, True):
             for batch in batches:
-                setting = f"{attn} ckpt={checkpointing} batch={batch}"
+                setting = f"{kind} {attn} ckpt={checkpointing} batch={batch}"
                 if time.time() - started > args.time_limit:
                     notes.append(f"skipped (time limit): {setting}")
                     continue
@@ -182,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"out of memory: {setting}")
                     torch.cuda.empty_cache()
                     continue
-                res["attn"] = attn
+                res.update(model=kind, attn=attn)
                 results.append(res)
                 print(f"[gpu_mfu]   {json.dumps(res)}", file=sys.stderr, flush=True)
         del model
