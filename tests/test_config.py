@@ -76,3 +76,15 @@ def test_registry_unknown_name_lists_known():
         reg.get("b")
     with pytest.raises(ValueError):
         reg.add("a", 2)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "llava-1.5-7b", "codefuse-vlm-14b"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert {"align", "instruct"} <= set(cfg.stages)
+    assert cfg.resolve_init("instruct") == cfg.stage_output("align")
+    if name == "codefuse-vlm-14b":
+        assert (cfg.model.vision.encoder, cfg.model.projector.type, cfg.model.projector.num_queries) == (
+            "qwen_vl_vit", "cross_attn", 256)
