@@ -145,21 +145,11 @@ def _pod_template(cfg: RunConfig, stage: str, image: str, config_map: str, elast
         "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_PORT, "protocol": "TCP"}],
         "resources": _resources(cfg),
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-        },
+        "securityContext": container_security_context(),
     }
     spec: dict[str, Any] = {
         "serviceAccountName": cluster.service_account,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": NON_ROOT_UID,
-            "runAsGroup": NON_ROOT_UID,
-            "fsGroup": NON_ROOT_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": volumes,
     }
@@ -192,6 +182,21 @@ def _run_policy(cfg: RunConfig, nodes: int) -> dict[str, Any]:
             scheduling["priorityClass"] = sched.priority_class
         policy["schedulingPolicy"] = scheduling
     return policy
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Restricted Pod Security Standard: non-root, seccomp RuntimeDefault (every pod we emit)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_UID,
+        "runAsGroup": NON_ROOT_UID,
+        "fsGroup": NON_ROOT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
 
 
 def build_pytorchjob(

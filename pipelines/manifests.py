@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from operators.pytorchjob import NON_ROOT_UID, build_config_map, build_pytorchjob
+from operators.pytorchjob import build_config_map, build_pytorchjob, container_security_context, pod_security_context
 from vlm_core.config import RunConfig
 from vlm_core.storage import join
 
@@ -87,17 +87,11 @@ def tensorboard(cfg: RunConfig) -> list[Object]:
         "env": env,
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
         "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": container_security_context(),
     }
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": NON_ROOT_UID,
-            "runAsGroup": NON_ROOT_UID,
-            "fsGroup": NON_ROOT_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [container],
     }
     if storage.pvc:
