@@ -10,37 +10,28 @@ Every staging call writes to a fresh prefix, so ours never profits from resuming
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import json
-import logging
 import os
-import socket
 import tempfile
-from collections.abc import Iterator
 
 from benchmarks.harness import Row, alternate, median, row
 from operators.staging import stage_dataset
+from operators.embedded_s3 import local_s3_server
 from vlm_core import storage
 from vlm_core.config import DatasetSpec
 from vlm_core.data.readers import open_source
 from vlm_core.data.shards import ShardSource
 
 BUCKET = "s3://bench-staging"
-_AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "bench",
-    "AWS_SECRET_ACCESS_KEY": "bench-secret",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 
 
 def bench(quick: bool) -> list[Row]:
     n = 2000 if quick else 10_000
     loaded = 1000  # images each loader reads per repetition: one whole shard for ours
     reps = 1 if quick else 3
-    with _moto_s3(), tempfile.TemporaryDirectory(prefix="bench-staging-") as tmp:
+    with local_s3_server(), tempfile.TemporaryDirectory(prefix="bench-staging-") as tmp:
         jsonl = _image_folder(tmp, n)
         fs, _ = storage.filesystem(BUCKET)
         fs.mkdir(BUCKET)
@@ -117,27 +108,3 @@ def _image_folder(root: str, n: int) -> str:
             f.write(json.dumps({"id": str(i), "image": name, "conversations": conv}) + "\n")
     return f"{root}/data.jsonl"
 
-
-@contextlib.contextmanager
-def _moto_s3() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one access-log line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {**_AWS_ENV, "AWS_ENDPOINT_URL": endpoint}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield endpoint
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

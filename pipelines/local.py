@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,9 +26,6 @@ from vlm_core.config import STAGE_NAMES, RunConfig, parse_config
 
 BUCKET = "vlm"
 # Placeholder keys for the local moto server only; real keys come from the environment or a Secret.
-_MOTO_ENV = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local", "AWS_REGION": "us-east-1"}
-
-
 def missing_inputs(cfg: RunConfig) -> list[str]:
     """Dataset files (used by a stage) that do not exist."""
     used = {name for stage in cfg.stages.values() for name in stage.datasets}
@@ -89,29 +85,14 @@ def on_s3(cfg: RunConfig, data_root: str, endpoint: str) -> RunConfig:
 
 @contextlib.contextmanager
 def moto_s3() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with the bucket created; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
+    """A local S3 server with the pipeline's bucket created; yields its endpoint URL. Task
+    subprocesses (and the trainers they start) inherit the AWS variables that reach it."""
+    from operators.embedded_s3 import local_s3_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in (*_MOTO_ENV, "AWS_ENDPOINT_URL")}
-    # Task subprocesses (and the trainers they start) inherit these.
-    os.environ.update(_MOTO_ENV, AWS_ENDPOINT_URL=endpoint)
-    try:
+    with local_s3_server() as endpoint:
         fs, _ = storage.filesystem(f"s3://{BUCKET}")
         fs.mkdir(BUCKET)
         yield endpoint
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def run_local(config_path: str, *, s3: bool = False, synth: bool = True, pipeline_root: str | None = None) -> str:
