@@ -8,10 +8,17 @@ it and drop the batches of the others): `VLMTrainer` hands this dataset to a pla
 Weights keep their map-style meaning: a source of weight 2.5 is streamed twice plus half of it
 once more (a seeded coin per sample) per epoch. Sources are interleaved at random in proportion
 to what each still has to give, through a small shuffle buffer.
+
+Every rank yields exactly ``len(self)`` samples per epoch: distributed training needs the same
+number of steps on every rank (a rank that ran out early would leave the others waiting in a
+collective forever). Shards rarely split evenly, so a consumer whose share is short continues
+into a fresh pass over its own shards (a few samples are seen twice that epoch), and one whose
+share is long stops at the quota (a few samples wait for a later epoch).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -55,11 +62,16 @@ class StreamingMixture(IterableDataset):
         total = sum(len(s) * w for s, w in zip(self.sources, self.weights))
         return math.ceil(total / self.world_size)
 
-    def _passes(self, d: int, worker: int, workers: int, rng: np.random.Generator) -> Iterator[RawSample]:
+    def _quota(self, worker: int, workers: int) -> int:
+        per_rank = len(self)
+        return per_rank // workers + (1 if worker < per_rank % workers else 0)
+
+    def _passes(self, d: int, worker: int, workers: int, rng: np.random.Generator, round_: int) -> Iterator[RawSample]:
         source, weight = self.sources[d], self.weights[d]
         for p in range(math.ceil(weight)):
             keep = min(1.0, weight - p)
-            epoch = self.epoch * math.ceil(weight) + p  # a fresh shard order per pass
+            # a fresh shard order per epoch, per extra round and per pass
+            epoch = ((self.epoch * 1009) + round_) * math.ceil(weight) + p
             if is_streaming(source):
                 samples = source.iter_samples(
                     self.rank, self.world_size, worker, workers, epoch=epoch, seed=self.seed, shuffle=True
@@ -72,32 +84,46 @@ class StreamingMixture(IterableDataset):
                 if keep >= 1.0 or rng.random() < keep:
                     yield sample
 
+    def _rounds(self, worker: int, workers: int, rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        """This consumer's encoded samples, one weighted pass of its share after another."""
+        for round_ in itertools.count():
+            streams = {d: self._passes(d, worker, workers, rng, round_) for d in range(len(self.sources))}
+            share = {d: max(len(self.sources[d]) * self.weights[d], 1e-9) for d in streams}
+            produced = 0
+            while streams:
+                keys = list(streams)
+                p = np.array([share[d] for d in keys])
+                d = keys[rng.choice(len(keys), p=p / p.sum())]
+                raw = next(streams[d], None)
+                if raw is None:
+                    del streams[d]
+                    continue
+                encoded = self._encode(raw, d)
+                if encoded is not None:
+                    produced += 1
+                    yield encoded
+            if produced == 0:
+                raise RuntimeError(
+                    f"rank {self.rank} worker {worker} got no usable sample from {self.dataset_names}: fewer shards "
+                    f"than ranks x data-loader workers ({self.world_size} x {workers}), or every sample bad; "
+                    "stage with smaller shards or use fewer workers"
+                )
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-        streams = {d: self._passes(d, worker, workers, rng) for d in range(len(self.sources))}
-        share = {d: max(len(self.sources[d]) * self.weights[d], 1e-9) for d in streams}
-        buffer: list[dict[str, Any]] = []
-        while streams:
-            keys = list(streams)
-            p = np.array([share[d] for d in keys])
-            d = keys[rng.choice(len(keys), p=p / p.sum())]
-            raw = next(streams[d], None)
-            if raw is None:
-                del streams[d]
-                continue
-            encoded = self._encode(raw, d)
-            if encoded is None:
-                continue
-            if len(buffer) < SHUFFLE_BUFFER:
-                buffer.append(encoded)
-                continue
+        quota = self._quota(worker, workers)
+        stream = self._rounds(worker, workers, rng)
+        buffer = list(itertools.islice(stream, min(SHUFFLE_BUFFER, quota)))
+        for produced in range(quota):
             slot = int(rng.integers(len(buffer)))
-            yield buffer[slot]
-            buffer[slot] = encoded
-        rng.shuffle(buffer)
-        yield from buffer
+            sample = buffer[slot]
+            if quota - produced > len(buffer):
+                buffer[slot] = next(stream)
+            else:
+                buffer.pop(slot)
+            yield sample
 
     def _encode(self, raw: RawSample, d: int) -> dict[str, Any] | None:
         name = self.dataset_names[d]
