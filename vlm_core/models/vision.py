@@ -19,22 +19,27 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
-    BitImageProcessor,
-    ChineseCLIPImageProcessor,
     ChineseCLIPVisionConfig,
     ChineseCLIPVisionModel,
-    CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
     Dinov2Config,
     Dinov2Model,
     PretrainedConfig,
     PreTrainedModel,
-    SiglipImageProcessor,
     SiglipVisionConfig,
     SiglipVisionModel,
 )
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.utils import is_torchvision_available
+
+if is_torchvision_available():
+    from transformers import BitImageProcessor, ChineseCLIPImageProcessor, CLIPImageProcessor, SiglipImageProcessor
+else:  # the PIL implementations by name: transformers warns at every import of the fallback otherwise
+    from transformers import BitImageProcessorPil as BitImageProcessor
+    from transformers import ChineseCLIPImageProcessorPil as ChineseCLIPImageProcessor
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    from transformers import SiglipImageProcessorPil as SiglipImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
 from vlm_core.config import VisionConfig
