@@ -8,6 +8,9 @@ from collections.abc import Iterator, Mapping
 from vlm_core import storage
 
 
+MAX_BREAKDOWN = 6
+
+
 def results_markdown(results: Mapping[str, dict]) -> str:
     lines = [
         "| benchmark | accuracy (%) | questions | failed | details |",
@@ -16,6 +19,11 @@ def results_markdown(results: Mapping[str, dict]) -> str:
     for name, r in results.items():
         accuracy = f"{r['accuracy']:.2f}" if "accuracy" in r else "submission"
         details = []
+        # breakdowns short enough for a table cell: VQAv2's answer types, the synthetic set's question types
+        for key in ("per_answer_type", "per_question_type"):
+            parts = r.get(key) or {}
+            if 1 < len(parts) <= MAX_BREAKDOWN:
+                details.append(", ".join(f"{k} {v:.2f}" for k, v in sorted(parts.items())))
         if "vanilla_accuracy" in r:
             details.append(f"vanilla {r['vanilla_accuracy']:.2f}")
         if "unanswerable" in r:
