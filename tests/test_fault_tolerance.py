@@ -123,3 +123,69 @@ def test_kill_9_of_a_worker_process_restarts_and_resumes_to_the_planned_step(tmp
     assert resumed[0] == 0 and resumed[1] >= killed["after"]  # resumed from the newest checkpoint
     assert int((ckpt / "pids" / "rank-1").read_text()) != killed["pid"]  # a new worker process
     assert "[worker-0]" in log and "restarting all replicas" in log
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_real_training_killed_in_a_worker_resumes_from_its_newest_checkpoint(tmp_path):
+    """The quickstart's align stage (DeepSpeed ZeRO-2, Master + 1 Worker): kill -9 of the Worker's
+    training process after a checkpoint; the job restarts and the Trainer resumes from the newest
+    checkpoint's global step (`--resume auto` in the PyTorchJob's command) to the planned step."""
+    import subprocess
+    import sys
+
+    import psutil
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    data_dir = tmp_path / "synth"
+    subprocess.run([sys.executable, "-m", "vlm_core.cli", "synth", str(data_dir), "--train", "200", "--eval", "4"],
+                   check=True, capture_output=True)  # fmt: skip
+    data = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
+    for spec in data["data"]["datasets"].values():
+        spec["url"] = str(data_dir / Path(spec["url"]).name)
+        spec["image_root"] = str(data_dir)
+    data["stages"]["align"].update(max_steps=12, save_steps=3, logging_steps=3, warmup_steps=2, per_device_batch_size=4)
+    data["distributed"] = {**data["distributed"], "nodes": 2, "procs_per_node": 1, "deepspeed": "zero2"}
+    data["cluster"]["backoff_limit"] = 2
+    data["output"] = str(tmp_path / "run")
+    cfg = parse_config(data)
+    checkpoints = tmp_path / "run" / "align" / "checkpoints"
+    killed: dict[str, int] = {}
+
+    def worker_trainer() -> psutil.Process | None:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if "vlm_core.cli train" in cmd and "torch.distributed.run" not in cmd and "torchrun" not in cmd:
+                try:
+                    if proc.environ().get("PET_NODE_RANK") == "1":
+                        return proc
+                except psutil.Error:
+                    continue
+        return None
+
+    def killer() -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (checkpoints / "checkpoint-6" / "trainer_state.json").exists():
+            time.sleep(0.1)
+        victim = worker_trainer()
+        if victim is not None:
+            killed["pid"] = victim.pid
+            victim.send_signal(signal.SIGKILL)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    lines: list[str] = []
+    result = run_objects([build_config_map(cfg), build_pytorchjob(cfg, "align")], workdir=tmp_path / "job",
+                         env=ENV, timeout=840, log=lines.append)
+    thread.join(timeout=5)
+    log = "\n".join(lines)
+    assert killed, log[-5000:]
+    assert result.succeeded and result.restarts == 1, log[-5000:]
+    resumed = [line for line in lines if "resuming from" in line and "checkpoint-" in line]
+    assert resumed, log[-5000:]
+    resumed_step = int(resumed[-1].rsplit("checkpoint-", 1)[1].split()[0])
+    assert resumed_step >= 6
+    final = json.loads((checkpoints / "checkpoint-12" / "trainer_state.json").read_text())
+    assert final["global_step"] == 12
+    assert (tmp_path / "run" / "align" / "model.safetensors").exists()

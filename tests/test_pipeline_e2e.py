@@ -62,7 +62,7 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     # gives the single-process answers and scores exactly.
     two = tmp_path / "eval-2proc"
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=0", "-m", "vlm_core.cli",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m", "vlm_core.cli",
          "eval", "run", "--config", config, "--output", str(two)],
         check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=600,
     )

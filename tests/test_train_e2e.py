@@ -29,7 +29,7 @@ def _env() -> dict[str, str]:
 
 
 def _torchrun(config: Path, stage: str, *extra: str, nproc: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-port=0",
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--standalone",
             "-m", "vlm_core.cli", "train", "--config", str(config), "--stage", stage, *extra]
 
 
