@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -57,7 +57,7 @@ def test_align_killed_mid_stage_resumes_from_newest_checkpoint(run_dir: Path):
     config = run_dir / "config.yaml"
     checkpoints = run_dir / "out" / "align" / "checkpoints"
     proc = subprocess.Popen(_torchrun(config, "align", "--resume", "auto"), env=_env(), cwd=run_dir,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 400
         while not (checkpoints / "checkpoint-8" / "trainer_state.json").exists():
@@ -65,7 +65,10 @@ def test_align_killed_mid_stage_resumes_from_newest_checkpoint(run_dir: Path):
             assert time.time() < deadline, "no checkpoint-8 within the deadline"
             time.sleep(0.2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # every rank dies, as when a pod is evicted
+        # every rank dies, as when a pod is evicted (torchrun puts its workers in sessions of their own)
+        launcher = psutil.Process(proc.pid)
+        for process in [*launcher.children(recursive=True), launcher]:
+            process.kill()
         proc.wait()
     assert not (run_dir / "out" / "align" / "model.safetensors").exists()
     newest = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists())
