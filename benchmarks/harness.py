@@ -156,8 +156,7 @@ def _sync() -> None:
 
 
 _RSS_WORKER = """
-import json, resource, sys, importlib, gc
-import psutil
+import gc, importlib, json, resource, sys
 spec = json.loads(sys.argv[1])
 for name in spec["preload"]:
     importlib.import_module(name)
@@ -165,20 +164,32 @@ import torch
 torch.set_num_threads(spec["threads"])
 module, func = spec["target"].split(":")
 target = getattr(importlib.import_module(module), func)  # importing the target's module is not its cost
+
+def status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
 gc.collect()
-before = psutil.Process().memory_info().rss // 1024
-target(**spec["kwargs"])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print("PEAK_KB", after - before)
+try:  # Linux: reset the high-water mark, so transient peaks of the imports cannot count
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kb("VmRSS")
+    target(**spec["kwargs"])
+    peak = status_kb("VmHWM")
+except OSError:
+    before = status_kb("VmRSS")
+    target(**spec["kwargs"])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("PEAK_KB", peak - before)
 """
 
 
 def peak_rss_mb(target: str, kwargs: dict[str, Any], preload: tuple[str, ...] = ()) -> float:
     """Peak resident memory (MB) that ``module:function(**kwargs)`` adds, in a fresh process.
 
-    The process's high-water mark (ru_maxrss) minus its resident size once the libraries are
-    loaded (``preload``: import the same ones for both sides), so only what the call itself
-    allocates counts; transient peaks of the imports themselves cannot hide it.
+    The process's high-water mark (VmHWM, reset just before the call) minus its resident size once
+    the libraries are loaded (``preload``: import the same ones for both sides), so only what the
+    call itself allocates counts.
     """
     import torch
 
