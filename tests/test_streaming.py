@@ -61,3 +61,14 @@ def test_fewer_shards_than_consumers_is_a_clear_error(tmp_path):
     mixture.rank, mixture.world_size = 1, 2
     with pytest.raises(RuntimeError, match="fewer shards than ranks"):
         list(mixture)
+
+
+def test_the_trainers_epoch_reaches_the_stream(tmp_path):
+    from vlm_core.train.streaming import StreamLoader
+
+    mixture = StreamingMixture({"d": (_staged(tmp_path, 40, 10), 1.0)}, IdEncoder(), seed=3)
+    loader = StreamLoader(mixture, batch_size=8, collate_fn=lambda items: [i["id"] for i in items])
+    first = [i for batch in loader for i in batch]
+    loader.set_epoch(1)  # what the Trainer calls at each epoch
+    second = [i for batch in loader for i in batch]
+    assert sorted(first) == sorted(second) and first != second

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlm_core.data.types import BadSample, BadSampleStats, RawSample
 
@@ -146,3 +146,10 @@ def first_samples(source: Any, limit: int) -> Iterator[RawSample]:
     else:
         for i in range(min(len(source), limit)):
             yield source[i]
+
+
+class StreamLoader(DataLoader):
+    """A plain DataLoader that passes the Trainer's epoch on to the stream (a new shard order)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)

@@ -64,13 +64,11 @@ class VLMTrainer(Trainer):
     def get_train_dataloader(self):
         """A stream shards itself by rank and worker: give it a plain DataLoader, not accelerate's
         (which would make every rank read everything and keep every n-th batch)."""
-        from torch.utils.data import DataLoader
-
-        from vlm_core.train.streaming import StreamingMixture
+        from vlm_core.train.streaming import StreamingMixture, StreamLoader
 
         if not isinstance(self.train_dataset, StreamingMixture):
             return super().get_train_dataloader()
-        return DataLoader(
+        return StreamLoader(
             self.train_dataset,
             batch_size=self.args.train_batch_size,
             collate_fn=self.data_collator,
