@@ -97,6 +97,7 @@ def build_vlm(
 
     pretrained_tower: VisionTower | None = build_vision_tower(vision) if vision.name_or_path else None
     vision_config = pretrained_tower.model.config if pretrained_tower else vision_model_config(vision)
+    feature_layer = pretrained_tower.feature_layer if pretrained_tower else vision.feature_layer
     language_model = _pretrained_llm(model_cfg, tokenizer) if model_cfg.llm.name_or_path else None
     text_config = language_model.config if language_model is not None else _text_config(model_cfg, tokenizer)
 
@@ -104,7 +105,7 @@ def build_vlm(
         vision_config=vision_config,
         text_config=text_config,
         vision_encoder=vision.encoder,
-        feature_layer=vision.feature_layer,
+        feature_layer=feature_layer,
         feature_select=vision.feature_select,
         projector_type=model_cfg.projector.type,
         projector_num_queries=model_cfg.projector.num_queries,

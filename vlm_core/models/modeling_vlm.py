@@ -26,7 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from vlm_core.config import ProjectorConfig
 from vlm_core.models.grid import sincos_2d
 from vlm_core.models.projectors import AttentionPool, CrossAttentionResampler, build_projector, projector_tokens
-from vlm_core.models.vision import VisionTower, vision_tower_from_config
+from vlm_core.models.vision import VisionTower, drop_unused_layers, vision_tower_from_config
 
 
 def _sub_config(value: PretrainedConfig | dict | None, default: type[PretrainedConfig]) -> PretrainedConfig:
@@ -55,10 +55,11 @@ class VLMConfig(PretrainedConfig):
         num_image_tokens: int | None = None,
         **kwargs,
     ) -> None:
-        self.vision_config = _sub_config(vision_config, CLIPVisionConfig)
+        # Encoder layers after the feature layer are never built (see drop_unused_layers).
+        vision_config = _sub_config(vision_config, CLIPVisionConfig)
+        self.vision_config, self.feature_layer = drop_unused_layers(vision_config, feature_layer)
         self.text_config = _sub_config(text_config, LlamaConfig)
         self.vision_encoder = vision_encoder
-        self.feature_layer = feature_layer
         self.feature_select = feature_select
         self.projector_type = projector_type
         self.projector_num_queries = projector_num_queries

@@ -9,6 +9,7 @@ whether to keep the prefix tokens (``feature_select``: ``patch`` drops CLS and r
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,6 +220,22 @@ def vision_model_config(cfg: VisionConfig) -> PretrainedConfig:
     return family.config_class(**{**family.tiny, **overrides})
 
 
+def drop_unused_layers(config: PretrainedConfig, feature_layer: int) -> tuple[PretrainedConfig, int]:
+    """Keep only the encoder layers up to the feature layer.
+
+    LLaVA takes layer -2 and still computes (and back-propagates through the graph of) the last
+    layer, only to throw it away; building the encoder without it gives the same features for
+    1/L less vision compute. Returns the trimmed config and the same layer counted from the end.
+    """
+    layers = config.num_hidden_layers
+    used = feature_layer if feature_layer >= 0 else layers + 1 + feature_layer
+    if not 0 < used < layers:  # embeddings only, every layer, or out of range (the tower says so)
+        return config, feature_layer
+    trimmed = copy.deepcopy(config)
+    trimmed.num_hidden_layers = used
+    return trimmed, -1
+
+
 def vision_tower_from_config(encoder: str, config: PretrainedConfig, feature_layer: int, feature_select: str) -> VisionTower:
     """A randomly initialised tower (weights may be loaded afterwards, e.g. from a VLM checkpoint)."""
     VISION_ENCODERS.get(encoder)  # fail early on a typo
@@ -227,12 +244,12 @@ def vision_tower_from_config(encoder: str, config: PretrainedConfig, feature_lay
 
 def build_vision_tower(cfg: VisionConfig) -> VisionTower:
     """The tower a run config names: pretrained weights by path, else the tiny preset, random."""
-    config = vision_model_config(cfg)
+    config, feature_layer = drop_unused_layers(vision_model_config(cfg), cfg.feature_layer)
     if cfg.name_or_path is None:
-        return vision_tower_from_config(cfg.encoder, config, cfg.feature_layer, cfg.feature_select)
+        return vision_tower_from_config(cfg.encoder, config, feature_layer, cfg.feature_select)
     model_class = VISION_ENCODERS.get(cfg.encoder).model_class
     model = model_class.from_pretrained(cfg.name_or_path, config=config)
-    return VisionTower(model, cfg.encoder, cfg.feature_layer, cfg.feature_select)
+    return VisionTower(model, cfg.encoder, feature_layer, cfg.feature_select)
 
 
 def pretrained_image_processor(cfg: VisionConfig, tower: VisionTower) -> BaseImageProcessor:
