@@ -15,29 +15,26 @@ from benchmarks.harness import alternate, median, row
 
 
 def _setup(quick: bool):
-    from vlm_core.config import ModelConfig
+    from pathlib import Path
+
+    from vlm_core.config import load_config
     from vlm_core.data.synth import generate
     from vlm_core.eval.benchmarks import BENCHMARKS
     from vlm_core.models.builder import build_vlm
 
-    # The quickstart architecture (CPU-sized); a little wider LLM so the model is not all overhead.
-    model_cfg = ModelConfig.model_validate({
-        "vision": {"encoder": "clip", "feature_layer": -1, "config": {
-            "image_size": 32, "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "intermediate_size": 128}},
-        "projector": {"type": "mlp2x_gelu"},
-        "llm": {"config": {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4,
-                           "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 512,
-                           "max_position_embeddings": 512}},
-    })  # fmt: skip
-    model, processor = build_vlm(model_cfg, template="vicuna_v1", image_aspect="pad", tokenizer_texts=["What colour is the shape?"])
+    # The model the quickstart evaluates (random weights: the answers need not be right, only equal).
+    quickstart = load_config(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    model, processor = build_vlm(quickstart.model, template=quickstart.data.template, image_aspect="pad",
+                                 tokenizer_texts=["What colour is the shape?"])
     model = model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
     root = tempfile.mkdtemp(prefix="bench-eval-")
     generate(root, train=4, eval_images=16 if quick else 48)
-    requests = []
+    per_benchmark = []
     for name in ("synth_vqa", "synth_mmbench"):
         bench = BENCHMARKS.get(name)
-        requests += bench.load(bench.default_spec(root)).requests
+        per_benchmark.append(bench.load(bench.default_spec(root)).requests)
+    # short open questions and long multiple-choice prompts, alternating, as an eval run mixes them
+    requests = [r for pair in zip(*per_benchmark) for r in pair]
     return model, processor, requests[: 16 if quick else 96]
 
 

@@ -53,10 +53,13 @@ def generate_answers(
     streamer: Any = None,
     progress: bool = True,
 ) -> list[AnswerRecord]:
-    """Answer ``requests`` in order with greedy decoding; unreadable requests get ``error``.
+    """Answer ``requests`` with greedy decoding; unreadable requests get ``error``. Answers come
+    back in the order of ``requests``.
 
-    ``on_batch`` sees each finished batch (the eval runner appends it to the answers file);
-    ``streamer`` (a transformers streamer) prints tokens as they come, for one request at a time.
+    Batches group prompts of similar length (MMBench's options are long, VQA's questions short),
+    so little of a batch is padding; ``on_batch`` sees each finished batch in that order (the eval
+    runner appends it to the answers file); ``streamer`` (a transformers streamer) prints tokens
+    as they come, for one request at a time.
     """
     import torch
 
@@ -67,10 +70,12 @@ def generate_answers(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    out: list[AnswerRecord] = []
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
+    out: dict[int, AnswerRecord] = {}
     batches = range(0, len(requests), batch_size)
     for start in tqdm(batches, desc="generate", unit="batch", disable=not progress or len(batches) < 2):
-        batch = requests[start : start + batch_size]
+        positions = order[start : start + batch_size]
+        batch = [requests[i] for i in positions]
         prepared = [_prepare(processor, r) for r in batch]
         ready = [(r, p) for r, p in zip(batch, prepared) if not isinstance(p, str)]
         answers: dict[str, str] = {}
@@ -107,5 +112,5 @@ def generate_answers(
                 records.append({"question_id": request.question_id, "answer": answers[request.question_id]})
         if on_batch is not None:
             on_batch(records)
-        out.extend(records)
-    return out
+        out.update(zip(positions, records))
+    return [out[i] for i in range(len(requests))]
