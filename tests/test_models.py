@@ -69,6 +69,12 @@ def test_image_features_are_placed_at_image_tokens(tiny):
     assert not torch.allclose(ours[1:], swapped[1:]), "image order must matter"
 
 
+def _full_logits_loss(model, ids, mask, pixels, labels):
+    """LLaVA's loss: every position's logits, shifted labels, mean over scored targets."""
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
 def test_loss_ignores_image_positions_and_padding(tiny):
     model, processor = tiny
     ids, mask = _batch(processor, [1, 2])
@@ -76,11 +82,47 @@ def test_loss_ignores_image_positions_and_padding(tiny):
     labels = ids.masked_fill(mask == 0, -100)  # image positions deliberately left as targets
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
-    expected_labels = labels.masked_fill(ids == processor.image_token_id, -100)
-    expected = F.cross_entropy(
-        out.logits[:, :-1].reshape(-1, out.logits.shape[-1]).float(), expected_labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+        expected = _full_logits_loss(model, ids, mask, pixels, labels.masked_fill(ids == processor.image_token_id, -100))
     torch.testing.assert_close(out.loss, expected)
+
+
+def _loss_and_grads(model, forward):
+    """``forward()``'s result (an output with ``.loss``, or a loss) and every parameter's gradient."""
+    model.zero_grad()
+    out = forward()
+    (out if isinstance(out, torch.Tensor) else out.loss).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return out, grads
+
+
+def test_logits_only_where_scored_give_the_full_loss_and_gradients(tiny):
+    model, processor = tiny
+    ids, mask = _batch(processor, [1, 2], text_len=5)
+    pixels = _pixels(3, seed=4)
+    labels = ids.masked_fill((mask == 0) | (ids == processor.image_token_id), -100)
+    labels[:, : ids.shape[1] - 4] = -100  # a prompt: only the last few tokens are answers
+    model.train()
+    try:
+        scored, scored_grads = _loss_and_grads(
+            model, lambda: model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
+        )
+        full_loss, full_grads = _loss_and_grads(model, lambda: _full_logits_loss(model, ids, mask, pixels, labels))
+    finally:
+        model.eval()
+    scored_targets = int((labels[:, 1:] != -100).sum())
+    assert scored.logits.shape == (scored_targets, model.config.text_config.vocab_size)
+    torch.testing.assert_close(scored.loss, full_loss)
+    assert scored_grads.keys() == full_grads.keys() and len(full_grads) > 10
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(scored_grads[name], grad, msg=name)
+    # num_items_in_batch (the Trainer's count over accumulation steps) divides the sum instead
+    with torch.no_grad():
+        halved = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels,
+                       num_items_in_batch=2 * scored_targets).loss
+    torch.testing.assert_close(halved, full_loss.detach() / 2)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels, logits_to_keep=1)
 
 
 def test_image_token_count_mismatch_raises(tiny):

@@ -7,7 +7,8 @@ import torch
 from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS, deepspeed_config
 from vlm_core.train.sampler import ModalityLengthGroupedSampler
 from vlm_core.data.packing import make_packing_collator
-from vlm_core.train.trainer import target_samples, token_losses
+from vlm_core.models.loss import mean_target_loss, next_token_targets, target_losses
+from vlm_core.train.trainer import target_samples
 
 
 def test_presets_defer_numbers_to_the_trainer_and_gather_on_save():
@@ -37,13 +38,18 @@ def test_grouped_sampler_is_a_deterministic_permutation_with_modality_pure_batch
         assert len(signs) == 1
 
 
-def test_token_losses_ignore_padding_and_prompt():
+def test_targets_are_the_next_scored_labels_in_row_major_order():
     logits = torch.randn(2, 5, 7)
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 6, 5]])
-    losses = token_losses(logits, labels)
-    assert (losses[labels[:, 1:] == -100] == 0).all()
+    keep, targets = next_token_targets(labels)
+    assert keep.tolist() == [[False, True, True, False, False], [True, True, True, True, False]]
+    assert targets.tolist() == [3, 4, 1, 2, 6, 5]
+    losses = target_losses(logits[keep], targets)
     expected = torch.nn.functional.cross_entropy(logits[0, 1:3], labels[0, 2:4], reduction="sum")
-    assert torch.allclose(losses[0].sum(), expected)
+    assert torch.allclose(losses[:2].sum(), expected)
+    # nothing scored: loss 0, not NaN
+    keep, targets = next_token_targets(torch.full((1, 5), -100))
+    assert not keep.any() and mean_target_loss(logits[:1][keep], targets).item() == 0.0
 
 
 def _sample(n: int, dataset: int) -> dict:

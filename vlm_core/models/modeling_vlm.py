@@ -25,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlm_core.config import ProjectorConfig
 from vlm_core.models.grid import sincos_2d
+from vlm_core.models.loss import IGNORE_INDEX, mean_target_loss, next_token_targets
 from vlm_core.models.projectors import AttentionPool, CrossAttentionResampler, build_projector, projector_tokens
 from vlm_core.models.vision import VisionTower, drop_unused_layers, vision_tower_from_config
 
@@ -186,6 +187,13 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """transformers' causal-LM forward with ``pixel_values`` merged in.
+
+        With ``labels``, logits are computed only for the positions that predict a scored token
+        (see ``vlm_core.models.loss``): ``logits`` is then ``(num_targets, vocab)``, in the order
+        of ``next_token_targets(labels)``, and ``loss`` their mean cross-entropy. Image tokens are
+        never targets. Call without labels for every position's logits.
+        """
         cache = cache if cache is not None else past_key_values
         if pixel_values is not None and pixel_values.shape[0] == 0:
             pixel_values = None  # a text-only batch from the collator
@@ -209,18 +217,26 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             # A fresh cache is useless here, and its presence stops transformers' mask builder from
             # detecting packed sequences (position_ids restarting at 0) when attention_mask is None.
             use_cache = False
-        if labels is not None and input_ids is not None:
-            labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
-        return self.language_model(
+        targets = None
+        if labels is not None:
+            if not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+                raise ValueError("with labels, the scored positions choose the logits: leave logits_to_keep unset")
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, IGNORE_INDEX)
+            logits_to_keep, targets = next_token_targets(labels)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            labels=labels,
             cache=cache,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if targets is not None:
+            outputs.loss = mean_target_loss(outputs.logits, targets, num_items_in_batch)
+        return outputs
 
 
 def register_auto_classes() -> None:

@@ -8,21 +8,10 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 
+from vlm_core.models.loss import next_token_targets, target_losses
 from vlm_core.train.sampler import ModalityLengthGroupedSampler
-
-IGNORE_INDEX = -100
-
-
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token loss of every position, 0 where the target is ignored: shape (B, T-1)."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-    ).view(shift_labels.shape)
 
 
 def target_samples(labels: torch.Tensor, position_ids: torch.Tensor | None, packed: bool) -> torch.Tensor:
@@ -83,17 +72,18 @@ class VLMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         dataset_index = inputs.pop("dataset_index", None)
-        outputs = model(**inputs)
-        losses = token_losses(outputs.logits, labels)
-        scored = labels[:, 1:] != IGNORE_INDEX
-        loss = losses.sum() / scored.sum().clamp(min=1)
+        keep, targets = next_token_targets(labels)
+        outputs = model(**inputs, logits_to_keep=keep)  # logits of the scored positions only
+        losses = target_losses(outputs.logits, targets)
+        loss = losses.sum() / max(len(targets), 1)
         with torch.no_grad():
             attention = inputs.get("attention_mask")
             packed = attention is None and inputs.get("position_ids") is not None
             samples = len(dataset_index) if dataset_index is not None else labels.size(0)
             if dataset_index is not None:
-                token_dataset = dataset_index[target_samples(labels, inputs.get("position_ids"), packed)][scored]
-                self._dataset_loss.index_add_(0, token_dataset.cpu(), losses[scored].detach().cpu().double())
+                owners = target_samples(labels, inputs.get("position_ids"), packed)
+                token_dataset = dataset_index[owners][keep[:, :-1]]
+                self._dataset_loss.index_add_(0, token_dataset.cpu(), losses.detach().cpu().double())
                 self._dataset_tokens.index_add_(0, token_dataset.cpu(), torch.ones(len(token_dataset), dtype=torch.float64))
             tokens = attention.sum() if attention is not None else inputs["input_ids"].numel()
             self._seen += torch.tensor([samples, float(tokens)], dtype=torch.float64)
