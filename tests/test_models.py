@@ -259,10 +259,14 @@ def test_tiny_preset_and_overrides(tiny):
 
 def test_pretrained_parts_load_by_path(tmp_path):
     """LLM + tokenizer and a vision encoder from folders: weights kept, <image> added, embeddings resized."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
-
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     # A hub-like tokenizer without <image> and without a pad token.
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

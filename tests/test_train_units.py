@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS, deepspeed_config
-from vlm_core.train.sampler import ModalityLengthGroupedSampler
 from vlm_core.data.packing import make_packing_collator
 from vlm_core.models.loss import mean_target_loss, next_token_targets, target_losses
+from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS, deepspeed_config
+from vlm_core.train.sampler import ModalityLengthGroupedSampler
 from vlm_core.train.trainer import target_samples
 
 

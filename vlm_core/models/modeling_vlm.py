@@ -26,7 +26,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from vlm_core.config import ProjectorConfig
 from vlm_core.models.grid import sincos_2d
 from vlm_core.models.loss import IGNORE_INDEX, mean_target_loss, next_token_targets
-from vlm_core.models.projectors import AttentionPool, CrossAttentionResampler, build_projector, projector_tokens
+from vlm_core.models.projectors import (
+    AttentionPool,
+    CrossAttentionResampler,
+    build_projector,
+    projector_tokens,
+)
 from vlm_core.models.vision import VisionTower, drop_unused_layers, vision_tower_from_config
 
 
