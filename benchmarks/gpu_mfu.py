@@ -16,8 +16,10 @@ weights (16 bytes/param, ~110 GB for 7B) do not fit one 80 GB GPU; the optimizer
 step's FLOPs, so MFU is what forward+backward achieve.
 
 Model FLOPs per step (PaLM's convention, counted once even when checkpointing recomputes):
-    LLM:    6 * P_llm * tokens + 12 * L * d * S^2 * B     (P_llm: non-embedding params, lm_head included;
+    LLM:    6 * P_body * tokens + 12 * L * d * S^2 * B    (P_body: non-embedding params without lm_head;
                                                             attention counted over the full S x S)
+    head:   6 * P_head * scored                           (only positions that predict a scored token:
+                                                            ours skips the rest, Llava computes them anyway)
     vision: 2 * P_vit * patches + 4 * Lv * dv * N^2 * images   (forward only: frozen)
     projector: 6 * P_proj * image_tokens
 MFU = model FLOPs / step time / dense bf16 peak (by device name, or --peak-tflops).
@@ -110,15 +112,16 @@ def _parts(model):
     return model.model.language_model, model.lm_head, model.model.vision_tower, model.model.multi_modal_projector
 
 
-def model_flops(model, batch: int, seq: int) -> float:
+def model_flops(model, batch: int, seq: int, scored: int) -> float:
     text, vision = model.config.text_config, model.config.vision_config
     lm, head, tower, projector = _parts(model)
-    p_llm = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel() + head.weight.numel()
+    p_body = sum(p.numel() for p in lm.parameters()) - lm.embed_tokens.weight.numel()
     p_vit = sum(p.numel() for p in tower.parameters())
     p_proj = sum(p.numel() for p in projector.parameters())
     patches = (vision.image_size // vision.patch_size) ** 2
     n_vit = patches + 1  # + CLS
-    llm = 6 * p_llm * batch * seq + 12 * text.num_hidden_layers * text.hidden_size * seq**2 * batch
+    llm = 6 * p_body * batch * seq + 6 * head.weight.numel() * scored
+    llm += 12 * text.num_hidden_layers * text.hidden_size * seq**2 * batch
     vit = 2 * p_vit * n_vit * batch + 4 * vision.num_hidden_layers * vision.hidden_size * n_vit**2 * batch
     proj = 6 * p_proj * patches * batch
     return float(llm + vit + proj)
@@ -163,7 +166,7 @@ def measure(model, batch: int, seq: int, steps: int, checkpointing: bool, peak: 
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     t = sorted(times)[len(times) // 2]
-    flops = model_flops(model, batch, seq)
+    flops = model_flops(model, batch, seq, scored=int((data["labels"][:, 1:] != -100).sum()))
     return {
         "batch": batch, "seq": seq, "gradient_checkpointing": checkpointing, "step_s": round(t, 4),
         "tokens_per_s": round(batch * seq / t, 1), "model_tflops_per_s": round(flops / t / 1e12, 1),
