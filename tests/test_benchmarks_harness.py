@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from benchmarks import __main__ as cli
 from benchmarks.harness import alternate, error_row, machine, peak_matmul_flops, peak_rss_mb, row
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def allocate(mb: int) -> None:
@@ -27,6 +32,33 @@ def test_alternate_interleaves_flips_order_and_drops_warmup():
 def test_alternate_times_each_side():
     base_times, our_times = alternate(lambda: time.sleep(0.02), lambda: None, reps=2, warmup=0)
     assert min(base_times) >= 0.02 > max(our_times)
+
+
+_RETAINED_AFTER_FREE = """
+import sys
+from benchmarks.harness import keep_freed_memory
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+before = rss_mb()
+block = bytearray(200 * 2**20)
+block[::4096] = b"x" * len(block[::4096])  # touch every page
+del block
+print(rss_mb() - before)
+"""
+
+
+@pytest.mark.parametrize("mode, retained", [("default", False), ("keep", True)])
+def test_keep_freed_memory_keeps_large_blocks_for_reuse(mode, retained):
+    done = subprocess.run([sys.executable, "-c", _RETAINED_AFTER_FREE, mode], cwd=REPO, capture_output=True,
+                          text=True, check=True)
+    kept_mb = float(done.stdout)
+    # glibc's default unmaps a freed 200 MB block at once; with the harness's setting it stays
+    assert (kept_mb > 150) == retained, kept_mb
 
 
 def test_ratio_reads_higher_is_better_for_rates_and_costs():
