@@ -15,6 +15,7 @@ import math
 import torch
 
 from benchmarks.harness import alternate, median, row
+from vlm_core.data.collate import pad_right
 from vlm_core.data.packing import IGNORE_INDEX, make_packing_collator
 
 PAD = 0
@@ -35,17 +36,6 @@ def _samples(lengths: list[int], vocab: int) -> list[dict]:
         labels[: n // 3] = IGNORE_INDEX
         out.append({"input_ids": ids, "labels": labels, "dataset_index": 0})
     return out
-
-
-def pad_batch(samples: list[dict]) -> dict:
-    width = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), PAD)
-    labels = torch.full((len(samples), width), IGNORE_INDEX)
-    mask = torch.zeros(len(samples), width, dtype=torch.long)
-    for r, s in enumerate(samples):
-        n = len(s["input_ids"])
-        ids[r, :n], labels[r, :n], mask[r, :n] = s["input_ids"], s["labels"], 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def _model(hidden: int, layers: int, vocab: int, max_length: int):
@@ -85,12 +75,12 @@ def bench(quick: bool) -> list:
     batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     warm, batches = batches[0], batches[1:]
     pack = make_packing_collator(PAD, max_tokens=max_length)  # as the trainer does (data.max_length)
-    padded = [pad_batch(b) for b in batches]
+    padded = [pad_right(b, PAD) for b in batches]
     packed = [pack(b) for b in batches]
 
     model = _model(hidden, layers, vocab, max_length)
     base, ours = _Trainer(model), _Trainer(copy.deepcopy(model))
-    base.step(pad_batch(warm))
+    base.step(pad_right(warm, PAD))
     ours.step(pack(warm))
     # Per batch, the median of a few alternating steps (the same batch again: identical work),
     # summed over batches: the time of one pass over the samples, robust to a busy machine.

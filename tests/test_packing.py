@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlm_core.data.collate import VLMCollator, pad_right
 from vlm_core.data.packing import (
     IGNORE_INDEX,
     PackingCollator,
@@ -26,17 +27,6 @@ def _samples(lengths=LENGTHS, vocab=50, seed=0):
         labels[: length // 3] = IGNORE_INDEX  # a prompt without loss, as templates make
         out.append({"input_ids": ids, "labels": labels, "pixel_values": torch.zeros(0, 3, 4, 4), "dataset_index": n % 2})
     return out
-
-
-def _padded(samples):
-    width = max(len(s["input_ids"]) for s in samples)
-    ids = torch.full((len(samples), width), PAD)
-    labels = torch.full((len(samples), width), IGNORE_INDEX)
-    mask = torch.zeros(len(samples), width, dtype=torch.long)
-    for r, s in enumerate(samples):
-        n = len(s["input_ids"])
-        ids[r, :n], labels[r, :n], mask[r, :n] = s["input_ids"], s["labels"], 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def _tiny_llama(attn: str):
@@ -75,7 +65,7 @@ def test_packed_loss_and_gradients_equal_padded(attn, max_tokens):
     assert "attention_mask" not in packed
     assert packed["input_ids"].shape[0] == (1 if max_tokens is None else 3)
 
-    ref_loss, ref_grads = _summed_loss_and_grads(model, _padded(samples))
+    ref_loss, ref_grads = _summed_loss_and_grads(model, pad_right(samples, PAD))
     loss, grads = _summed_loss_and_grads(model, packed)
 
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
@@ -89,7 +79,7 @@ def test_model_mean_loss_equals_padded():
     model = _tiny_llama("sdpa")
     samples = _samples()
     packed = make_packing_collator(PAD)(samples)
-    padded = _padded(samples)
+    padded = pad_right(samples, PAD)
     ours = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"], use_cache=False).loss
     ref = model(**padded).loss
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
@@ -187,7 +177,6 @@ def _vlm_samples():
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("max_tokens", [None, 12])
 def test_vlm_packed_loss_and_gradients_equal_padded(attn, max_tokens):
-    from vlm_core.data.collate import VLMCollator
 
     model = _tiny_vlm(attn)
     samples = _vlm_samples()
