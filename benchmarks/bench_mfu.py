@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from benchmarks import bench_train_step as shapes
 from benchmarks.harness import median, peak_matmul_flops, row, timed
+from vlm_core.models.loss import next_token_targets
 
 
 def _params(module) -> int:
@@ -46,8 +47,8 @@ def bench(quick: bool) -> list:
     step()  # warm-up
     seconds = median([timed(step) for _ in range(3 if quick else 6)])
     b, s = data["input_ids"].shape
-    scored = int((data["labels"][:, 1:] != -100).sum())
-    achieved = model_flops(model, b, s, scored) / seconds
+    _, targets = next_token_targets(data["labels"])
+    achieved = model_flops(model, b, s, targets.numel()) / seconds
     peak = peak_matmul_flops(1024 if quick else 2048)
     return [row("MFU: model FLOP/s of our train step / peak fp32 matmul", "GFLOP/s", peak / 1e9, achieved / 1e9,
                 target="report", note=f"ratio = MFU; batch {b} x {s} tokens, fp32 sdpa, AdamW; 6*P*tokens + 12*L*d*S^2, head at scored positions")]

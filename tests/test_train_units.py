@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vlm_core.data.packing import make_packing_collator
-from vlm_core.models.loss import mean_target_loss, next_token_targets, target_losses
+from vlm_core.models.loss import mean_loss, next_token_targets, target_losses
 from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS, deepspeed_config
 from vlm_core.train.sampler import ModalityLengthGroupedSampler
 from vlm_core.train.trainer import target_samples
@@ -49,7 +49,7 @@ def test_targets_are_the_next_scored_labels_in_row_major_order():
     assert torch.allclose(losses[:2].sum(), expected)
     # nothing scored: loss 0, not NaN
     keep, targets = next_token_targets(torch.full((1, 5), -100))
-    assert not keep.any() and mean_target_loss(logits[:1][keep], targets).item() == 0.0
+    assert not keep.any() and mean_loss(target_losses(logits[:1][keep], targets)).item() == 0.0
 
 
 def _sample(n: int, dataset: int) -> dict:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from vlm_core.data.templates import IGNORE_INDEX
 
 
 def plan_rows(lengths: Sequence[int], max_tokens: int | None) -> list[list[int]]:

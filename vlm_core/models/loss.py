@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from vlm_core.data.templates import IGNORE_INDEX
 
 
 def next_token_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,12 +33,9 @@ def target_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="none")
 
 
-def mean_target_loss(
-    logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
-) -> torch.Tensor:
-    """The loss transformers' causal LMs report: summed over targets, divided by their count (or by
-    ``num_items_in_batch``, the Trainer's count across gradient-accumulation steps). A batch with no
-    target gives 0, not NaN."""
-    total = target_losses(logits, targets).sum()
-    count = num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1)
-    return total / count
+def mean_loss(losses: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    """The loss transformers' causal LMs report: per-target losses summed and divided by their
+    count (or by ``num_items_in_batch``, the Trainer's count across gradient-accumulation steps).
+    A batch with no target gives 0, not NaN."""
+    count = num_items_in_batch if num_items_in_batch is not None else max(losses.numel(), 1)
+    return losses.sum() / count

@@ -24,8 +24,9 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlm_core.config import ProjectorConfig
+from vlm_core.data.templates import IGNORE_INDEX
 from vlm_core.models.grid import sincos_2d
-from vlm_core.models.loss import IGNORE_INDEX, mean_target_loss, next_token_targets
+from vlm_core.models.loss import mean_loss, next_token_targets, target_losses
 from vlm_core.models.projectors import (
     AttentionPool,
     CrossAttentionResampler,
@@ -240,7 +241,7 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         if targets is not None:
-            outputs.loss = mean_target_loss(outputs.logits, targets, num_items_in_batch)
+            outputs.loss = mean_loss(target_losses(outputs.logits, targets), num_items_in_batch)
         return outputs
 
 

@@ -10,7 +10,7 @@ import time
 import torch
 from transformers import Trainer
 
-from vlm_core.models.loss import next_token_targets, target_losses
+from vlm_core.models.loss import mean_loss, next_token_targets, target_losses
 from vlm_core.train.sampler import ModalityLengthGroupedSampler
 
 
@@ -75,7 +75,7 @@ class VLMTrainer(Trainer):
         keep, targets = next_token_targets(labels)
         outputs = model(**inputs, logits_to_keep=keep)  # logits of the scored positions only
         losses = target_losses(outputs.logits, targets)
-        loss = losses.sum() / max(len(targets), 1)
+        loss = mean_loss(losses)
         with torch.no_grad():
             attention = inputs.get("attention_mask")
             packed = attention is None and inputs.get("position_ids") is not None
