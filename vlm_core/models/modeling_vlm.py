@@ -9,6 +9,9 @@ untouched, which is what makes padding-free packing and generation work unchange
 
 from __future__ import annotations
 
+import copy
+from typing import ClassVar
+
 import torch
 from torch import nn
 from transformers import (
@@ -36,17 +39,23 @@ from vlm_core.models.projectors import (
 from vlm_core.models.vision import VisionTower, drop_unused_layers, vision_tower_from_config
 
 
-def _sub_config(value: PretrainedConfig | dict | None, default: type[PretrainedConfig]) -> PretrainedConfig:
+def _owned_sub_config(value: PretrainedConfig | dict | None, default: type[PretrainedConfig]) -> PretrainedConfig:
+    """A sub-config this config owns: never the config object of a live model.
+
+    ``PretrainedConfig.__init__`` pushes its own attention implementation (None unless asked)
+    into every sub-config. Given a loaded LLM's config itself, that would switch the live LLM to
+    no implementation at all, and it then builds no causal mask (docs/ARCHITECTURE.md, Models).
+    """
     if value is None:
         return default()
     if isinstance(value, dict):
         return AutoConfig.for_model(**value)
-    return value
+    return copy.deepcopy(value)
 
 
 class VLMConfig(PretrainedConfig):
     model_type = "vlm"
-    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
+    sub_configs: ClassVar[dict] = {"vision_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(
         self,
@@ -63,9 +72,9 @@ class VLMConfig(PretrainedConfig):
         **kwargs,
     ) -> None:
         # Encoder layers after the feature layer are never built (see drop_unused_layers).
-        vision_config = _sub_config(vision_config, CLIPVisionConfig)
+        vision_config = _owned_sub_config(vision_config, CLIPVisionConfig)
         self.vision_config, self.feature_layer = drop_unused_layers(vision_config, feature_layer)
-        self.text_config = _sub_config(text_config, LlamaConfig)
+        self.text_config = _owned_sub_config(text_config, LlamaConfig)
         self.vision_encoder = vision_encoder
         self.feature_select = feature_select
         self.projector_type = projector_type
@@ -75,6 +84,11 @@ class VLMConfig(PretrainedConfig):
         self.num_image_tokens = num_image_tokens
         # The LLM ties (or not) its own embeddings; the wrapper must not add a tie of its own.
         kwargs.setdefault("tie_word_embeddings", False)
+        # Unless one implementation is asked for the whole model, each part keeps its own.
+        kwargs.setdefault(
+            "attn_implementation",
+            {key: getattr(self, key)._attn_implementation for key in self.sub_configs},
+        )
         super().__init__(**kwargs)
 
     @property
@@ -90,7 +104,7 @@ class VLMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules: list[str] = []  # the sub-models' own lists are collected by transformers
+    _no_split_modules: ClassVar[list[str]] = []  # the sub-models' own lists are collected by transformers
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -121,6 +135,9 @@ class VLMForConditionalGeneration(VLMPreTrainedModel, GenerationMixin):
             config.vision_encoder, config.vision_config, config.feature_layer, config.feature_select
         )
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        # One config per part: the VLM's sub-configs are the ones its parts actually run with.
+        config.vision_config = self.vision_tower.model.config
+        config.text_config = self.language_model.config
         llm_hidden = config.text_config.hidden_size
         num_patches = self.vision_tower.num_patches
         self.projector = build_projector(config.projector, self.vision_tower.hidden_size, llm_hidden, num_patches)
