@@ -17,8 +17,8 @@ import os
 import tempfile
 
 from benchmarks.harness import Row, alternate, median, row
-from operators.staging import stage_dataset
 from operators.embedded_s3 import local_s3_server
+from operators.staging import stage_dataset
 from vlm_core import storage
 from vlm_core.config import DatasetSpec
 from vlm_core.data.readers import open_source
@@ -46,7 +46,7 @@ def bench(quick: bool) -> list[Row]:
 
         def stage() -> None:
             last["shards"] = f"{BUCKET}/staged-{next(prefixes)}"
-            stage_dataset(jsonl, last["shards"], shard_samples=loaded, workers=8, progress=False)
+            stage_dataset(DatasetSpec(url=jsonl), last["shards"], shard_samples=loaded, workers=8, progress=False)
 
         # One repetition of a 10k upload takes minutes with the baseline; it is long enough to
         # be stable, so staging is not repeated.

@@ -41,6 +41,7 @@ from vlm_core.data.shards import (
     PackedSample,
     ShardInfo,
     SourceInfo,
+    dataset_root,
     load_manifest,
     manifest_url,
     pack_shard,
@@ -65,23 +66,22 @@ class StagingError(RuntimeError):
 
 
 def stage_dataset(
-    src_url: str,
+    spec: DatasetSpec,
     dest_url: str,
     *,
-    image_root: str | None = None,
-    fmt: str = "auto",
     shard_samples: int = DEFAULT_SHARD_SAMPLES,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     workers: int = 8,
     verify: bool = False,
     progress: bool = True,
 ) -> Manifest:
-    """Stage the dataset at ``src_url`` (any reader format of ``vlm_core.data.readers``) to ``dest_url``."""
-    fmt = detect_format(src_url) if fmt == "auto" else fmt
+    """Stage the dataset a run config's ``spec`` describes (any reader format of
+    ``vlm_core.data.readers``) to ``dest_url``, as the staging step and ``vlm stage`` do."""
+    fmt = detect_format(spec.url) if spec.format == "auto" else spec.format
     if fmt == "shards":
-        raise ValueError(f"{redact_url(src_url)} is already a staged dataset; copy the folder instead of staging it again")
-    source = open_source(DatasetSpec(url=src_url, image_root=image_root, format=fmt))
-    info = SourceInfo(url=redact_url(src_url), format=fmt, fingerprint=source_fingerprint(src_url))
+        raise ValueError(f"{redact_url(spec.url)} is already a staged dataset; copy the folder instead of staging it again")
+    source = open_source(spec.model_copy(update={"format": fmt}))
+    info = SourceInfo(url=redact_url(spec.url), format=fmt, fingerprint=source_fingerprint(spec.url))
     return stage_source(
         source, dest_url, source_info=info, shard_samples=shard_samples, max_shard_bytes=max_shard_bytes, workers=workers, verify=verify, progress=progress
     )
@@ -106,6 +106,7 @@ def stage_source(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
 
+    dest_url = dataset_root(dest_url)
     dest = _Destination(dest_url)
     skipped: Counter[str] = Counter()
     with (
@@ -141,7 +142,7 @@ def stage_source(
         shards=shards,
         skipped_samples=dict(sorted(skipped.items())),
         source=source_info,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
     storage.write_text_atomic(manifest_url(dest_url), manifest.to_json())  # last: publishes the dataset
     dest.clean_temporaries()
@@ -160,6 +161,7 @@ def stage_source(
 
 def verify_dataset(dest_url: str, *, workers: int = 8, progress: bool = False) -> list[str]:
     """Re-read every shard of a staged dataset; one line per problem (empty when all is well)."""
+    dest_url = dataset_root(dest_url)
     try:
         manifest = load_manifest(dest_url)
     except ManifestError as err:

@@ -31,12 +31,14 @@ def stage_command(src: str, dest: str, image_root: str | None, fmt: str, shard_s
     standard AWS environment variables; the endpoint from AWS_ENDPOINT_URL.
     """
     from operators.staging import StagingError, redact_url, stage_dataset
+    from vlm_core.config import DatasetSpec
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("operators").setLevel(logging.DEBUG if verbose else logging.INFO)
     try:
+        spec = DatasetSpec(url=src, image_root=image_root, format=fmt)
         manifest = stage_dataset(
-            src, dest, image_root=image_root, fmt=fmt, shard_samples=shard_samples, max_shard_bytes=max_shard_bytes, workers=workers, verify=verify
+            spec, dest, shard_samples=shard_samples, max_shard_bytes=max_shard_bytes, workers=workers, verify=verify
         )
     except (StagingError, FileNotFoundError, ValueError) as err:
         click.echo(f"error: {err}", err=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from vlm_core.config import RunConfig, parse_config
 from vlm_core import storage
+from vlm_core.config import RunConfig, parse_config
 from vlm_core.registry import Registry
 
 # Sentinels of the pipeline parameters that mean "as the run config says" (KFP pipeline
@@ -76,7 +76,7 @@ def stage_data(cfg: RunConfig) -> RunConfig:
         if spec.format == "shards":
             continue
         dest = storage.join(cfg.output, "data", name)
-        stage_dataset(spec.url, dest, image_root=spec.image_root, fmt=spec.format)
+        stage_dataset(spec, dest)
         data["data"]["datasets"][name] = {"url": dest, "format": "shards", "weight": spec.weight}
     return parse_config(data, source="staged config")
 

@@ -50,9 +50,10 @@ def test_shard_bytes_are_deterministic_and_standard_tar():
     data = pack_shard(packed)
     assert data == pack_shard(packed)
     assert len(data) % tarfile.RECORDSIZE == 0
-    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()  # plain tar tooling reads it
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:  # plain tar tooling reads it
+        names = tar.getnames()
+        record = json.loads(tar.extractfile("000000001.json").read())
     assert names[:4] == ["000000000.json", "000000001.json", "000000001.0.bin", "000000001.1.bin"]
-    record = json.loads(tarfile.open(fileobj=io.BytesIO(data)).extractfile("000000001.json").read())
     assert record == {"id": "s1", "conversations": _samples(2)[1].conversations, "metadata": {"k": 1}}
     back = list(read_shard(io.BytesIO(data)))
     assert [(s.id, s.images, s.conversations) for s in back] == [(s.id, s.images, s.conversations) for s in _samples(5)]
@@ -144,3 +145,18 @@ def test_two_ranks_by_two_workers_read_each_sample_once(staged, tmp_path):
     reads = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(reads), "every rank should get some shards"
     assert Counter(reads[0] + reads[1]) == Counter(f"s{i}" for i in range(23))
+
+
+@pytest.mark.parametrize("fmt", ["shards", "auto"])
+def test_a_staged_dataset_is_named_by_its_folder_or_its_manifest(staged, fmt):
+    by_folder = open_source(DatasetSpec(url=staged, format=fmt))
+    by_manifest = open_source(DatasetSpec(url=f"{staged}/manifest.json", format=fmt))
+    assert by_manifest.url == by_folder.url == staged
+    assert [s.id for s in by_manifest.iter_samples(shuffle=False)] == [s.id for s in by_folder.iter_samples(shuffle=False)]
+
+
+def test_staging_into_a_manifest_url_writes_the_folder(tmp_path):
+    dest = tmp_path / "named"
+    stage_source(_samples(3), f"{dest}/manifest.json", source_info=INFO, shard_samples=2, workers=1, progress=False)
+    assert (dest / "manifest.json").is_file()
+    assert load_manifest(str(dest)).total_samples == 3

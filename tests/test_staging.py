@@ -13,7 +13,13 @@ import s3fs
 from click.testing import CliRunner
 from PIL import Image
 
-from operators.staging import TMP_DIR, source_fingerprint, stage_dataset, stage_source, verify_dataset
+from operators.staging import (
+    TMP_DIR,
+    source_fingerprint,
+    stage_dataset,
+    stage_source,
+    verify_dataset,
+)
 from operators.staging_cli import stage_command
 from vlm_core import storage
 from vlm_core.config import DatasetSpec
@@ -63,7 +69,7 @@ def _objects(bucket_url: str) -> dict[str, bytes]:
 def test_llava_jsonl_on_s3_round_trips_byte_identical(s3_bucket):
     src = _llava_jsonl(f"{s3_bucket}/raw", 30)
     dest = f"{s3_bucket}/staged/llava"
-    manifest = stage_dataset(src, dest, shard_samples=4, workers=4, progress=False)
+    manifest = stage_dataset(DatasetSpec(url=src), dest, shard_samples=4, workers=4, progress=False)
 
     assert manifest.total_samples == 30 and len(manifest.shards) == 8
     assert manifest.source.format == "llava_jsonl" and manifest.source.fingerprint == source_fingerprint(src)
@@ -84,14 +90,14 @@ def test_parquet_with_image_bytes_round_trips(tmp_path, s3_bucket):
     src = str(tmp_path / "train.parquet")
     pq.write_table(pa.Table.from_pylist(rows), src, row_group_size=5)
     dest = f"{s3_bucket}/staged/parquet"
-    manifest = stage_dataset(src, dest, shard_samples=5, workers=2, progress=False)
+    manifest = stage_dataset(DatasetSpec(url=src), dest, shard_samples=5, workers=2, progress=False)
     assert [s.samples for s in manifest.shards] == [5, 5, 2]
     _assert_same_samples(src, dest)
 
 
 def test_max_shard_bytes_bounds_every_shard(tmp_path):
     src = _llava_jsonl(str(tmp_path / "raw"), 24)
-    manifest = stage_dataset(src, str(tmp_path / "out"), shard_samples=1000, max_shard_bytes=20 * 1024, progress=False)
+    manifest = stage_dataset(DatasetSpec(url=src), str(tmp_path / "out"), shard_samples=1000, max_shard_bytes=20 * 1024, progress=False)
     assert len(manifest.shards) > 1 and all(s.bytes <= 20 * 1024 for s in manifest.shards)
     assert manifest.total_samples == 24
 
@@ -159,7 +165,7 @@ def test_manifest_is_written_after_every_shard(tmp_path):
 def test_verify_catches_corruption_and_restaging_repairs_it(s3_bucket, caplog):
     src = _llava_jsonl(f"{s3_bucket}/raw", 16)
     dest = f"{s3_bucket}/staged/verify"
-    manifest = stage_dataset(src, dest, shard_samples=4, workers=2, progress=False)
+    manifest = stage_dataset(DatasetSpec(url=src), dest, shard_samples=4, workers=2, progress=False)
     fs, path = storage.filesystem(dest)
     flipped, removed = manifest.shards[1], manifest.shards[3]
     data = bytearray(fs.cat_file(f"{path}/{flipped.name}"))
@@ -190,7 +196,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path):
     (tmp_path / "raw" / "images" / "001.png").unlink()
     with open(src, "a") as f:
         f.write("{not json\n")
-    manifest = stage_dataset(src, str(tmp_path / "out"), progress=False)
+    manifest = stage_dataset(DatasetSpec(url=src), str(tmp_path / "out"), progress=False)
     assert manifest.total_samples == 7
     assert manifest.skipped_samples == {"malformed": 1, "missing_image": 1}
 

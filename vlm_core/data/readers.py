@@ -59,6 +59,8 @@ def open_source(spec: DatasetSpec) -> Any:
 
 def detect_format(url: str) -> str:
     """The format of ``url`` from its suffix, or from a folder's contents."""
+    if url.rstrip("/").rsplit("/", 1)[-1] == "manifest.json":  # a staged dataset named by its manifest
+        return "shards"
     for suffix, fmt in ((".jsonl", "llava_jsonl"), (".json", "llava_json"), (".parquet", "parquet")):
         if url.rstrip("/").lower().endswith(suffix):
             return fmt
@@ -131,7 +133,8 @@ class LlavaJsonSource(Source):
         with storage.open_url(url, "rb") as f:
             self._records = json.load(f)
         if not isinstance(self._records, list):
-            raise ValueError(f"{url}: LLaVA JSON is a list of records, got {type(self._records).__name__}")
+            # bad data, not a bad argument: callers report ValueErrors of sources as such
+            raise ValueError(f"{url}: LLaVA JSON is a list of records, got {type(self._records).__name__}")  # noqa: TRY004
 
     def __len__(self) -> int:
         return len(self._records)

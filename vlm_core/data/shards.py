@@ -95,8 +95,16 @@ class Manifest(_Frozen):
         return self.model_dump_json(indent=2) + "\n"
 
 
+def dataset_root(url: str) -> str:
+    """The folder of a staged dataset named by its folder or by its ``manifest.json``."""
+    stripped = url.rstrip("/")
+    if stripped.rsplit("/", 1)[-1] == MANIFEST_NAME:
+        return stripped[: -len(MANIFEST_NAME)].rstrip("/") or "/"
+    return url
+
+
 def manifest_url(dataset_url: str) -> str:
-    return storage.join(dataset_url, MANIFEST_NAME)
+    return storage.join(dataset_root(dataset_url), MANIFEST_NAME)
 
 
 def load_manifest(dataset_url: str) -> Manifest:
@@ -236,8 +244,8 @@ class ShardSource:
     """A staged dataset, streamed shard by shard (one GET per shard)."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.manifest = load_manifest(url)
+        self.url = dataset_root(url)
+        self.manifest = load_manifest(self.url)
 
     def __len__(self) -> int:
         return self.manifest.total_samples
