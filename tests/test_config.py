@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from vlm_core.cli import main
-from vlm_core.config import ConfigError, load_config, parse_config
+from vlm_core.config import ConfigError, load_config, parse_config, parse_override
 from vlm_core.registry import Registry
 
 MINIMAL = {
@@ -88,3 +88,36 @@ def test_shipped_configs_validate(name):
     if name == "codefuse-vlm-14b":
         assert (cfg.model.vision.encoder, cfg.model.projector.type, cfg.model.projector.num_queries) == (
             "qwen_vl_vit", "cross_attn", 256)
+
+
+def test_overrides_apply_dotted_keys_and_validate_the_result():
+    cfg = parse_config(MINIMAL)
+    changed = cfg.with_overrides({"cluster.image": "my-registry/vlm:1.2", "data.datasets.caps.url": "s3://b/caps.jsonl"})
+    assert changed.cluster.image == "my-registry/vlm:1.2"
+    assert changed.data.datasets["caps"].url == "s3://b/caps.jsonl"
+    assert cfg.cluster.image != "my-registry/vlm:1.2", "the original config is left as it was"
+    by_epochs = parse_config({**MINIMAL, "stages": {"align": {**MINIMAL["stages"]["align"], "max_steps": None, "epochs": 1}}})
+    smoke = by_epochs.with_overrides({"stages.align.max_steps": 5})
+    assert (smoke.stages["align"].max_steps, smoke.stages["align"].epochs) == (5, None)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"stages.algn.max_steps": 3}, "stages.algn.max_steps: stages has no 'algn' (it has: align)"),
+        ({"stages.align.max_step": 3}, "stages.align.max_step: unknown field"),
+        ({"stages.align.max_steps": -1}, "stages.align.max_steps: Input should be greater than 0"),
+        ({"cluster.image.tag": "x"}, "cluster.image.tag: cluster.image is a value, not a section"),
+    ],
+)
+def test_a_bad_override_names_its_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(MINIMAL).with_overrides(overrides, source="--set")
+
+
+def test_override_values_read_as_yaml():
+    assert parse_override("distributed.nodes=4") == ("distributed.nodes", 4)
+    assert parse_override("cluster.image=reg/vlm:1.2") == ("cluster.image", "reg/vlm:1.2")
+    assert parse_override("eval.limit=null") == ("eval.limit", None)
+    with pytest.raises(ConfigError, match="not KEY=VALUE"):
+        parse_override("distributed.nodes")

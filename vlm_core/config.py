@@ -9,6 +9,7 @@ Loading errors name the field, the bad value and what is allowed, e.g.::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -295,9 +296,57 @@ class RunConfig(_Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
 
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> RunConfig:
+        """A new config with each ``{"dotted.key": value}`` applied, validated as a whole.
+
+        The one way every layer (CLI flags, the in-cluster driver, the KFP pipeline) changes a
+        config: a key that names nothing, or a value the field rejects, is a ``ConfigError``
+        naming the key. ``{"stages.align.max_steps": 10}`` also clears ``epochs`` (a stage has
+        exactly one length), so a smoke run can shorten any stage.
+        """
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            _set_dotted(data, key, value, source)
+            parts = key.split(".")
+            if len(parts) == 3 and parts[0] == "stages" and parts[2] in _STAGE_LENGTHS:
+                other = next(f for f in _STAGE_LENGTHS if f != parts[2])
+                if f"stages.{parts[1]}.{other}" not in overrides:
+                    data["stages"][parts[1]][other] = None
+        return parse_config(data, source=source)
+
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message says which field and why."""
+
+
+_STAGE_LENGTHS = ("max_steps", "epochs")
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key`` "a.b.c"; every part but the last must exist."""
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[:depth]) or "the config"
+        if part not in node:
+            raise ConfigError(f"{source}: {key}: {where} has no {part!r} (it has: {', '.join(sorted(node)) or 'nothing'})")
+        if not isinstance(node[part], dict):
+            raise ConfigError(f"{source}: {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+        node = node[part]
+    node[parts[-1]] = value  # an unknown leaf is reported by validation, with the key
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"stages.align.max_steps=10"`` -> ``("stages.align.max_steps", 10)``; the value is read as
+    YAML (``3`` an int, ``true`` a bool, ``[a, b]`` a list, ``null`` None), like ``helm --set``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. stages.align.max_steps=10)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {err}") from None
+    return key.strip(), value
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

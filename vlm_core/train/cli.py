@@ -21,10 +21,10 @@ def train_command(config_url: str, stage: str, resume: str | None, max_steps: in
     try:
         cfg = load_config(config_url)
         cfg.stage(stage)
+        if max_steps is not None:
+            cfg = cfg.with_overrides({f"stages.{stage}.max_steps": max_steps}, source="--max-steps")
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
-    if max_steps is not None:
-        cfg.stages[stage] = cfg.stages[stage].model_copy(update={"max_steps": max_steps, "epochs": None})
     url = train_stage(cfg, stage, resume=resume)
     click.echo(url)
 
