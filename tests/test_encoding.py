@@ -159,6 +159,7 @@ def test_alignment_sample_with_plain_template(processor, image_file):
     raw = RawSample("a", [image_file], qa("<image>\nDescribe the image briefly.", "a red circle at the top left"))
     out = SampleEncoder(processor, "plain", max_length=64).encode(raw, "align")
     ids = out["input_ids"].tolist()
-    assert ids[:N_IMG] == [processor.image_token_id] * N_IMG
-    assert processor.tokenizer.decode(ids[N_IMG:]) == "a red circle at the top left</s>"
-    assert out["labels"].tolist() == [IGNORE_INDEX] * N_IMG + ids[N_IMG:]
+    # LLaVA's preprocess_plain: BOS, the image, the caption and "\n" (trained), no EOS
+    assert ids[: 1 + N_IMG] == [processor.tokenizer.bos_token_id] + [processor.image_token_id] * N_IMG
+    assert processor.tokenizer.decode(ids[1 + N_IMG :]) == "a red circle at the top left\n"
+    assert out["labels"].tolist() == [IGNORE_INDEX] * (1 + N_IMG) + ids[1 + N_IMG :]

@@ -52,3 +52,13 @@ def test_bad_settings(processors, tmp_path):
                      image_aspect="crop")
     with pytest.raises(FileNotFoundError, match="not a VLM checkpoint folder"):
         VLMProcessor.from_pretrained(str(tmp_path))
+
+
+def test_pad_colour_is_llavas_truncated_mean(processors):
+    """LLaVA pads with ``int(255 * mean)``: (122, 116, 104) for CLIP's mean, not the rounded (123, 117, 104)."""
+    from vlm_core.models.processor import expand_to_square
+
+    _, pad = processors
+    padded = expand_to_square(Image.new("RGB", (8, 4), (255, 0, 0)), pad._background())
+    assert padded.size == (8, 8)
+    assert padded.getpixel((0, 0)) == (122, 116, 104) and padded.getpixel((0, 4)) == (255, 0, 0)

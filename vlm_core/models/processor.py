@@ -57,7 +57,7 @@ class VLMProcessor:
         self.image_token_id: int = image_token_id
 
     def _background(self) -> tuple[int, ...]:
-        return tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
+        return tuple(int(255 * m) for m in self.image_processor.image_mean)  # LLaVA truncates: (122, 116, 104) for CLIP
 
     def process_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``n`` PIL images -> ``(n, 3, image_size, image_size)`` normalised pixels."""
