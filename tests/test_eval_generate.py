@@ -75,6 +75,22 @@ def test_evaluate_writes_outputs_and_resumes(model_and_processor, synth_root, tm
     assert first["synth_mmbench"]["num_questions"] == 3 and first["synth_mmbench"]["num_passes"] > 6  # one pass per option
     assert json.loads(storage.read_text(storage.join(out, "results.json"))) == first
     assert "| synth_vqa |" in storage.read_text(storage.join(out, "results.md"))
+    # how each score was made, so it can be reproduced
+    import hashlib
+
+    protocol = first["synth_vqa"]["protocol"]
+    assert (protocol["task"], protocol["prompt"]["id"], protocol["scorer"]["name"]) == ("synth_vqa", "llava15_short_answer", "vqav2")
+    assert protocol["scorer"]["version"] == "vqaeval-a013f00+evalai-prediction"
+    assert protocol["decoding"] == {
+        "strategy": "greedy", "do_sample": False, "num_beams": 1, "max_new_tokens": 4, "template": "vicuna_v1", "stop": "</s>",
+    }  # fmt: skip
+    questions = storage.join(synth_root, "eval", "vqa", "questions.json")
+    assert protocol["files"]["questions"] == {
+        "url": questions, "sha256": hashlib.sha256(storage.read_bytes(questions)).hexdigest(),
+    }  # fmt: skip
+    assert set(protocol["files"]) == {"questions", "annotations"} and protocol["limit"] == 3
+    assert first["synth_mmbench"]["protocol"]["prompt"]["id"] == "llava15_mmbench_en"
+    assert first["synth_mmbench"]["protocol"]["scorer"]["name"] == "mmbench_circular"
 
     # Resume: a recorded answer is kept as written, only the new questions are generated.
     lines[0]["answer"] = "red"
@@ -92,3 +108,4 @@ def test_evaluate_writes_outputs_and_resumes(model_and_processor, synth_root, tm
     acc.Reload()
     assert "synth_vqa/accuracy" in acc.Tags()["scalars"]
     assert any(t.startswith("synth_mmbench/per_category/") for t in acc.Tags()["scalars"])
+    assert not any("/protocol" in t for t in acc.Tags()["scalars"])  # how a score was made is no scalar

@@ -14,8 +14,9 @@ from PIL import Image
 from vlm_core import storage
 from vlm_core.cli import main
 from vlm_core.config import BenchmarkSpec
-from vlm_core.eval.benchmarks import BENCHMARKS, SHORT_ANSWER
+from vlm_core.eval.benchmarks import BENCHMARKS
 from vlm_core.eval.formats import AnnotationError
+from vlm_core.eval.prompts import SHORT_ANSWER, VIZWIZ_UNANSWERABLE
 
 
 def _png() -> bytes:
@@ -144,28 +145,77 @@ def test_mmbench_test_split_writes_submission(tmp_path):
     assert table[0]["hint"] == ""
 
 
-def test_textvqa_ocr_prompt_and_vizwiz_unanswerable(tmp_path):
-    textvqa = {"data": [{"question_id": 5, "question": "What brand?", "image_id": "abc", "ocr_tokens": ["nikon", "d90"],
-                         "answers": ["Nikon"] * 10}]}  # fmt: skip
-    (tmp_path / "textvqa.json").write_text(json.dumps(textvqa))
-    spec = BenchmarkSpec(questions=str(tmp_path / "textvqa.json"), images=str(tmp_path), use_ocr_tokens=True)
-    es = BENCHMARKS.get("textvqa_val").load(spec)
-    assert es.requests[0].prompt == f"What brand?\nReference OCR token: nikon, d90\n{SHORT_ANSWER}"
-    assert es.score({"5": "NIKON."}, {})["accuracy"] == 100.0
+TEXTVQA = {"data": [
+    {"question_id": 5, "question": "What brand?", "image_id": "abc", "ocr_tokens": ["nikon", "d90"], "answers": ["Nikon"] * 10},
+    {"question_id": 6, "question": "What year?", "image_id": "abd", "ocr_tokens": [], "answers": ["1999"] * 10},
+]}  # fmt: skip
 
+
+def test_textvqa_prompt_with_and_without_ocr_tokens(tmp_path):
+    (tmp_path / "textvqa.json").write_text(json.dumps(TEXTVQA))
+    spec = BenchmarkSpec(questions=str(tmp_path / "textvqa.json"), images=str(tmp_path))
+    es = BENCHMARKS.get("textvqa_val").load(spec)  # LLaVA-1.5's published protocol: with OCR tokens
+    assert es.requests[0].prompt == f"What brand?\nReference OCR token: nikon, d90\n{SHORT_ANSWER}"
+    assert es.requests[1].prompt == f"What year?\n{SHORT_ANSWER}"  # no tokens, no reference line
+    assert es.protocol["prompt"]["id"] == "llava15_textvqa_ocr"
+    assert es.score({"5": "NIKON.", "6": "1999"}, {})["accuracy"] == 100.0
+    plain = BENCHMARKS.get("textvqa_val").load(spec.model_copy(update={"prompt": "llava15_short_answer"}))
+    assert plain.requests[0].prompt == f"What brand?\n{SHORT_ANSWER}"
+    assert plain.protocol["prompt"]["id"] == "llava15_short_answer"
+
+
+def test_a_prompt_must_fit_the_benchmark(tmp_path):
+    (tmp_path / "textvqa.json").write_text(json.dumps(TEXTVQA))
+    spec = BenchmarkSpec(questions=str(tmp_path / "textvqa.json"), images=str(tmp_path), prompt="llava15_mmbench_en")
+    with pytest.raises(ValueError, match="prompt 'llava15_mmbench_en' does not fit it; use one of: llava15_short_answer"):
+        BENCHMARKS.get("textvqa_val").load(spec)
+    with pytest.raises(KeyError, match="unknown prompt 'ocr'; known: llava15_mmbench_cn"):
+        BENCHMARKS.get("textvqa_val").load(spec.model_copy(update={"prompt": "ocr"}))
+
+
+def test_vizwiz_prompt_and_per_answer_type(tmp_path):
     vizwiz = [
         {"image": "v0.jpg", "question": "What is this?", "answer_type": "unanswerable", "answerable": 0,
          "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 8 + [{"answer": "soup", "answer_confidence": "maybe"}] * 2},
         {"image": "v1.jpg", "question": "What colour?", "answer_type": "other", "answerable": 1,
          "answers": [{"answer": "blue", "answer_confidence": "yes"}] * 10},
+        # answerable by its flag but typed "unanswerable" by its answers: the official per-type
+        # figures go by answer_type
+        {"image": "v2.jpg", "question": "Which can?", "answer_type": "unanswerable", "answerable": 1,
+         "answers": [{"answer": "unanswerable", "answer_confidence": "yes"}] * 10},
     ]  # fmt: skip
     (tmp_path / "vizwiz.json").write_text(json.dumps(vizwiz))
     es = BENCHMARKS.get("vizwiz_val").load(BenchmarkSpec(annotations=str(tmp_path / "vizwiz.json"), images=str(tmp_path)))
-    assert "respond with 'Unanswerable'" in es.requests[0].prompt
-    result = es.score({"v0.jpg": "Unanswerable", "v1.jpg": "red"}, {})
-    assert result["unanswerable"] == 100.0
+    assert es.requests[0].prompt == f"What is this?\n{VIZWIZ_UNANSWERABLE}\n{SHORT_ANSWER}"
+    result = es.score({"v0.jpg": "Unanswerable", "v1.jpg": "red", "v2.jpg": "tomato"}, {})
+    assert result["per_answer_type"] == {"other": 0.0, "unanswerable": 50.0}
+    assert result["unanswerable"] == 50.0
+    assert result["accuracy"] == 33.33
+    assert "per_answerability" not in result
+
+
+def test_gqa_scores_balanced_questions_by_type(tmp_path):
+    gqa = {
+        "q1": {"imageId": "n1", "question": "Which side?", "answer": "left", "isBalanced": True,
+               "types": {"structural": "query", "semantic": "rel"}},
+        "q2": {"imageId": "n2", "question": "Is it red?", "answer": "yes", "isBalanced": True,
+               "types": {"structural": "verify", "semantic": "attr"}},
+        "q3": {"imageId": "n3", "question": "Is it blue?", "answer": "no", "isBalanced": False,
+               "types": {"structural": "verify", "semantic": "attr"}},
+    }  # fmt: skip
+    (tmp_path / "gqa.json").write_text(json.dumps(gqa))
+    es = BENCHMARKS.get("gqa_testdev").load(BenchmarkSpec(questions=str(tmp_path / "gqa.json"), images=str(tmp_path)))
+    assert [r.question_id for r in es.requests] == ["q1", "q2"]  # eval.py scores balanced questions only
+    result = es.score({"q1": "Left.", "q2": "Yes, it is"}, {})
     assert result["accuracy"] == 50.0
-    assert result["per_answerability"] == {"answerable": 0.0, "unanswerable": 100.0}
+    assert result["per_question_kind"] == {"binary": 0.0, "open": 100.0}
+    assert result["per_semantic"] == {"attr": 0.0, "rel": 100.0}
+    assert es.protocol == {
+        "task": "gqa", "split": "testdev_balanced",
+        "prompt": {"id": "llava15_short_answer", "source": es.protocol["prompt"]["source"]},
+        "scorer": es.protocol["scorer"],
+    }  # fmt: skip
+    assert es.protocol["scorer"]["name"] == "gqa" and "eval.py" in es.protocol["scorer"]["reference"]
 
 
 def _score(args):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.test_eval_generate import tiny_model
 from vlm_core import storage
 from vlm_core.cli import main
-from tests.test_eval_generate import tiny_model
 
 
 @pytest.fixture(scope="module")

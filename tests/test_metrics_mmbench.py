@@ -1,10 +1,19 @@
-"""CircularEval, answer extraction and MMBench prompts, with hand-computed cases."""
+"""CircularEval, VLMEvalKit's exact-matching answer extraction and LLaVA-1.5's MMBench prompts,
+with hand-worked cases (the comments give VLMEvalKit's reasoning; "old" is this project's former
+extraction, which these cases show to disagree)."""
 
 from __future__ import annotations
 
 import pytest
 
-from vlm_core.eval.mmbench import MCQuestion, expand_circular, extract_choice, prompt, rotations, score_circular
+from vlm_core.eval.mmbench import (
+    MCQuestion,
+    expand_circular,
+    extract_choice,
+    rotations,
+    score_circular,
+)
+from vlm_core.eval.prompts import PROMPTS
 
 OPTIONS = (("A", "cat"), ("B", "dog"), ("C", "bird"))
 
@@ -16,23 +25,26 @@ OPTIONS = (("A", "cat"), ("B", "dog"), ("C", "bird"))
         ("B.", "B"),
         ("(B)", "B"),
         ("B. dog", "B"),
-        ("The answer is B", "B"),
+        ("The answer is B", "B"),  # one letter among the last four words
         ("The answer is (C).", "C"),
-        ("answer: c", "C"),
-        ("答案是B", "B"),
-        ("答案：C", "C"),
-        ("选A", "A"),
-        ("我选B。", "B"),
-        ("dog", "B"),  # the exact text of one option
-        ("It is a bird.", "C"),
-        ("I think A or B", None),  # two letters: undecided
-        ("A cat sits on a mat", "A"),  # "A" is an article here, but the text rule finds "cat"
-        ("A cat and a dog", None),  # article guard, then two option texts
+        ("dog", "B"),  # the text of exactly one option
+        ("It is a bird.", "C"),  # lowercase "a" is no option letter; "bird" is an option text
+        ("I think A or B", None),  # two letters, no option text
+        ("A cat sits on a mat", "A"),  # "A" is word 0 of 6 (not in the last four); the text rule finds "cat"
+        ("A cat and a dog", None),  # two option texts
         ("no idea", None),
         ("D", None),  # not an option
+        # where VLMEvalKit and the old extraction disagree:
+        ("answer: c", None),  # letters are matched case-sensitively (old: C)
+        ("答案是B", None),  # no Chinese patterns: "答案是B" is one word (old: B)
+        ("A dog is here", "A"),  # the article guard only logs under VERBOSE: "A" stands alone (old: B)
+        ("B is right because the image clearly shows a dog", None),  # the letter is not among the last four words (old: B)
+        ("It could be a cat, I am really not sure about that", None),  # too long for the text rule (old: A)
+        ("The correct answer is **B**. Here is why: the animal has four legs and barks loudly", "B"),  # "answer is X"
+        ("Cannot determine the answer", "Z"),  # a refusal: VLMEvalKit's "Z", never right
     ],
 )
-def test_extract_choice(prediction, letter):
+def test_extract_choice_is_vlmevalkits_can_infer(prediction, letter):
     assert extract_choice(prediction, OPTIONS) == letter
 
 
@@ -81,12 +93,19 @@ def test_missing_and_failed_passes_count_wrong():
     assert result["failed"] == [{"question_id": "2000003", "error": "unreadable image"}]
 
 
-def test_prompts_english_chinese_and_missing_hint():
-    q = MCQuestion(0, "图中是什么动物？", (("A", "猫"), ("B", "狗")), "A", hint=None)
-    assert prompt(q, "cn") == "图中是什么动物？\nA. 猫\nB. 狗\n请直接回答选项字母。"
-    hinted = MCQuestion(0, "What animal?", OPTIONS, "A", hint="A pet photo.")
-    assert prompt(hinted, "en") == (
+def test_refusal_counts_wrong_but_is_matched():
+    passes = expand_circular([MCQuestion(4, "q", OPTIONS, "A")])
+    predictions = {"4": "Cannot determine the answer", "1000004": "C", "2000004": "B"}
+    result = score_circular(passes, predictions)
+    assert result["circular_accuracy"] == 0.0 and result["unmatched"] == []
+
+
+def test_llava_prompts_english_chinese_and_missing_hint():
+    options = (("A", "猫"), ("B", "狗"))
+    cn = PROMPTS.get("llava15_mmbench_cn").format(question="图中是什么动物？", options=options, hint=None)
+    assert cn == "图中是什么动物？\nA. 猫\nB. 狗\n请直接回答选项字母。"
+    en = PROMPTS.get("llava15_mmbench_en").format(question="What animal?", options=OPTIONS, hint="A pet photo.")
+    assert en == (
         "A pet photo.\nWhat animal?\nA. cat\nB. dog\nC. bird\n"
         "Answer with the option's letter from the given choices directly."
     )
-    assert "nan" not in prompt(q, "en")

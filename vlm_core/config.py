@@ -170,21 +170,28 @@ class DistributedConfig(_Section):
 
 
 class BenchmarkSpec(_Section):
-    """Where one benchmark's published files live (keys depend on the benchmark)."""
+    """Where one benchmark's published files live (keys depend on the benchmark), and its prompt."""
 
     questions: str | None = None
     annotations: str | None = None
     images: str | None = None
-    use_ocr_tokens: bool = False
+    prompt: str | None = Field(
+        None,
+        description="Prompt registry id (vlm_core/eval/prompts.py); default: the benchmark's LLaVA-1.5 prompt. "
+        "textvqa_val defaults to llava15_textvqa_ocr (with OCR reference tokens); llava15_short_answer asks without.",
+    )
 
 
 class EvalConfig(_Section):
+    """Evaluation after training: greedy decoding with the checkpoint's template, LLaVA-1.5's
+    prompts, the official scorers (README, "Evaluation")."""
+
     benchmarks: list[str] = Field(default_factory=list, description="Benchmark registry names to run after instruct.")
     data: dict[str, BenchmarkSpec] = Field(default_factory=dict, description="Per-benchmark file locations.")
     checkpoint: str | None = Field(None, description="Default: the last trained stage's output.")
     limit: int | None = Field(None, gt=0, description="Score only the first N questions (smoke runs).")
     batch_size: int = Field(16, gt=0)
-    max_new_tokens: int = Field(16, gt=0)
+    max_new_tokens: int = Field(128, gt=0, description="Greedy decoding stops at the template's end token or here (LLaVA-1.5: 128).")
 
 
 class ResourceConfig(_Section):

@@ -3,6 +3,8 @@
 A benchmark reads its published files (locations from ``EvalConfig.data[name]``, a
 ``BenchmarkSpec``) into an :class:`EvalSet`: the requests to generate and either a scorer
 (splits with answers) or a submission writer (test splits scored by an evaluation server).
+Its protocol (task, split, LLaVA-1.5 prompt, scorer) goes into ``EvalSet.protocol``, which
+``results.json`` records next to the score.
 """
 
 from __future__ import annotations
@@ -19,19 +21,19 @@ from dataclasses import dataclass, field
 from vlm_core import storage
 from vlm_core.config import BenchmarkSpec
 from vlm_core.eval import mmbench
-from vlm_core.eval.formats import AnnotationError, answer_texts, field as get, read_json, read_predictions, read_tsv, records
-from vlm_core.eval.metrics import (
-    OpenEndedItem,
-    evalai_question_accuracy,
-    gqa_question_accuracy,
-    score_open_ended,
-    vqav2_question_accuracy,
+from vlm_core.eval.formats import (
+    AnnotationError,
+    answer_texts,
+    read_json,
+    read_predictions,
+    read_tsv,
+    records,
 )
+from vlm_core.eval.formats import field as get
+from vlm_core.eval.metrics import SCORERS, OpenEndedItem, Scorer, score_open_ended
 from vlm_core.eval.normalize import evalai_normalize
+from vlm_core.eval.prompts import Prompt, resolve
 from vlm_core.registry import Registry
-
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-VIZWIZ_UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 
 Answers = Mapping[str, str]  # question id -> generated answer
 Failures = Mapping[str, str]  # question id -> why it could not be asked
@@ -53,10 +55,18 @@ class EvalSet:
     score: Callable[[Answers, Failures], dict] | None = None
     # test splits: (file name, bytes) of what the evaluation server expects
     submission: Callable[[Answers], tuple[str, bytes]] | None = None
-    meta: dict = field(default_factory=dict)
+    protocol: dict = field(default_factory=dict)
 
 
 class Benchmark(ABC):
+    """One benchmark split. ``task`` and ``split`` name what published numbers it compares
+    with (``vlm eval compare``); ``default_prompt`` is LLaVA-1.5's prompt for it."""
+
+    task: str
+    split: str
+    default_prompt: str
+    prompt_kind: str = "short_answer"
+    scorer: str
     scored: bool = True
 
     @abstractmethod
@@ -71,6 +81,22 @@ class Benchmark(ABC):
         """Where ``vlm synth OUT`` puts this benchmark (synthetic benchmarks only)."""
         return None
 
+    def prompt(self, spec: BenchmarkSpec) -> Prompt:
+        return resolve(spec.prompt, self.default_prompt, self.prompt_kind, self.name)
+
+    def scoring(self) -> Scorer:
+        return SCORERS.get(self.scorer)
+
+    def protocol(self, prompt: Prompt) -> dict:
+        return {
+            "task": self.task,
+            "split": self.split,
+            "prompt": prompt.describe(),
+            "scorer": self.scoring().describe() if self.scored else {"name": "evaluation server"},
+        }
+
+    name: str
+
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 
@@ -82,18 +108,20 @@ def _require(spec: BenchmarkSpec, name: str, bench: str) -> str:
     return value
 
 
-def _short_answer_prompt(question: str) -> str:
-    return f"{question}\n{SHORT_ANSWER}"
-
-
 # ----------------------------------------------------------------------------- VQAv2 (and synth_vqa)
 
 
 class VQAv2(Benchmark):
     """VQAv2 questions + annotations JSON; test-dev writes the EvalAI result file."""
 
-    def __init__(self, name: str, image_name: str, scored: bool = True, synth: bool = False) -> None:
-        self.name, self.image_name, self.scored, self.synth = name, image_name, scored, synth
+    task = "vqav2"
+    default_prompt = "llava15_short_answer"
+    scorer = "vqav2"
+
+    def __init__(self, name: str, split: str, image_name: str, scored: bool = True, synth: bool = False) -> None:
+        self.name, self.split, self.image_name, self.scored, self.synth = name, split, image_name, scored, synth
+        if synth:
+            self.task = "synth_vqa"
 
     def default_spec(self, synth_root: str) -> BenchmarkSpec | None:
         if not self.synth:
@@ -106,6 +134,7 @@ class VQAv2(Benchmark):
         )
 
     def load(self, spec: BenchmarkSpec, limit: int | None = None) -> EvalSet:
+        prompt = self.prompt(spec)
         url = _require(spec, "questions", self.name)
         questions = records(read_json(url), "questions", url)[:limit]
         requests = []
@@ -115,15 +144,16 @@ class VQAv2(Benchmark):
             requests.append(
                 EvalRequest(
                     str(get(q, "question_id", url, where)),
-                    _short_answer_prompt(get(q, "question", url, where)),
+                    prompt.format(question=get(q, "question", url, where)),
                     storage.join(_require(spec, "images", self.name), image),
                 )
             )
+        protocol = self.protocol(prompt)
         if not self.scored:
             ids = [q["question_id"] for q in questions]
-            return EvalSet(requests, submission=lambda answers: self._submission(ids, answers))
+            return EvalSet(requests, submission=lambda answers: self._submission(ids, answers), protocol=protocol)
         items = self._items(_require(spec, "annotations", self.name), {r.question_id for r in requests})
-        return EvalSet(requests, score=lambda answers, failed: self._score(items, answers, failed))
+        return EvalSet(requests, score=lambda answers, failed: self._score(items, answers, failed), protocol=protocol)
 
     def score_files(self, predictions: str, annotations: str, questions: str | None = None) -> dict:
         return self._score(self._items(annotations), read_predictions(predictions), {})
@@ -142,9 +172,8 @@ class VQAv2(Benchmark):
             items.append(OpenEndedItem(qid, answer_texts(a, url, where), groups))
         return items
 
-    @staticmethod
-    def _score(items: list[OpenEndedItem], answers: Answers, failed: Failures) -> dict:
-        return score_open_ended(items, answers, vqav2_question_accuracy, failed)
+    def _score(self, items: list[OpenEndedItem], answers: Answers, failed: Failures) -> dict:
+        return score_open_ended(items, answers, self.scoring().question_accuracy, failed)
 
     def _submission(self, ids: list, answers: Answers) -> tuple[str, bytes]:
         # LLaVA-1.5 sends EvalAI-processed answers; questions without one get "" (EvalAI wants all).
@@ -156,29 +185,36 @@ class VQAv2(Benchmark):
 
 
 class TextVQA(Benchmark):
-    """TextVQA ``{"data": [...]}``: the question file is also the annotation file."""
+    """TextVQA ``{"data": [...]}``: the question file is also the annotation file. LLaVA-1.5's
+    published numbers use the prompt with OCR reference tokens (the default);
+    ``prompt: llava15_short_answer`` asks without them."""
 
     name = "textvqa_val"
+    task = "textvqa"
+    split = "val"
+    default_prompt = "llava15_textvqa_ocr"
+    scorer = "textvqa"
 
     def load(self, spec: BenchmarkSpec, limit: int | None = None) -> EvalSet:
+        prompt = self.prompt(spec)
         url = spec.questions or _require(spec, "annotations", self.name)
         rows = records(read_json(url), "data", url)[:limit]
-        requests, items = [], []
+        requests = []
         for n, row in enumerate(rows):
             where = f"data[{n}]"
             qid = str(get(row, "question_id", url, where))
-            question = get(row, "question", url, where)
-            if spec.use_ocr_tokens and row.get("ocr_tokens"):
-                # LLaVA-1.5's "_ocr" prompt variant
-                question = f"{question}\nReference OCR token: {', '.join(row['ocr_tokens'])}"
+            text = prompt.format(question=get(row, "question", url, where), ocr_tokens=row.get("ocr_tokens") or ())
             image = storage.join(_require(spec, "images", self.name), f"{get(row, 'image_id', url, where)}.jpg")
-            requests.append(EvalRequest(qid, _short_answer_prompt(question), image))
+            requests.append(EvalRequest(qid, text, image))
         items = self._items(rows, url)
-        return EvalSet(requests, score=lambda answers, failed: score_open_ended(items, answers, evalai_question_accuracy, failed))
+        accuracy = self.scoring().question_accuracy
+        return EvalSet(
+            requests, score=lambda answers, failed: score_open_ended(items, answers, accuracy, failed), protocol=self.protocol(prompt)
+        )
 
     def score_files(self, predictions: str, annotations: str, questions: str | None = None) -> dict:
         items = self._items(records(read_json(annotations), "data", annotations), annotations)
-        return score_open_ended(items, read_predictions(predictions), evalai_question_accuracy)
+        return score_open_ended(items, read_predictions(predictions), self.scoring().question_accuracy)
 
     @staticmethod
     def _items(rows: list, url: str) -> list[OpenEndedItem]:
@@ -193,20 +229,26 @@ class TextVQA(Benchmark):
 
 class VizWiz(Benchmark):
     """VizWiz VQA: a list of ``{"image", "question", "answers", "answer_type", "answerable"}``;
-    the image file name is the question id."""
+    the image file name is the question id. Per-type figures group by ``answer_type`` (as the
+    official evaluator does), so ``unanswerable`` is the ``answer_type == "unanswerable"`` line."""
 
     name = "vizwiz_val"
+    task = "vizwiz"
+    split = "val"
+    default_prompt = "llava15_vizwiz"
+    scorer = "vizwiz"
 
     def load(self, spec: BenchmarkSpec, limit: int | None = None) -> EvalSet:
+        prompt = self.prompt(spec)
         url = spec.questions or _require(spec, "annotations", self.name)
         rows = records(read_json(url), None, url)[:limit]
         requests = []
         for n, row in enumerate(rows):
             image = get(row, "image", url, f"[{n}]")
-            prompt = f"{get(row, 'question', url, f'[{n}]')}\n{VIZWIZ_UNANSWERABLE}\n{SHORT_ANSWER}"
-            requests.append(EvalRequest(image, prompt, storage.join(_require(spec, "images", self.name), image)))
+            text = prompt.format(question=get(row, "question", url, f"[{n}]"))
+            requests.append(EvalRequest(image, text, storage.join(_require(spec, "images", self.name), image)))
         items = self._items(rows, url)
-        return EvalSet(requests, score=lambda answers, failed: self._score(items, answers, failed))
+        return EvalSet(requests, score=lambda answers, failed: self._score(items, answers, failed), protocol=self.protocol(prompt))
 
     def score_files(self, predictions: str, annotations: str, questions: str | None = None) -> dict:
         items = self._items(records(read_json(annotations), None, annotations), annotations)
@@ -217,17 +259,15 @@ class VizWiz(Benchmark):
         items = []
         for n, row in enumerate(rows):
             where = f"[{n}]"
-            answer_type = str(get(row, "answer_type", url, where))
-            answerable = row.get("answerable", int(answer_type != "unanswerable"))
-            groups = {"answer_type": answer_type, "answerability": "answerable" if answerable else "unanswerable"}
+            groups = {"answer_type": str(get(row, "answer_type", url, where))}
             items.append(OpenEndedItem(get(row, "image", url, where), answer_texts(row, url, where), groups))
         return items
 
-    @staticmethod
-    def _score(items: list[OpenEndedItem], answers: Answers, failed: Failures) -> dict:
-        result = score_open_ended(items, answers, evalai_question_accuracy, failed)
+    def _score(self, items: list[OpenEndedItem], answers: Answers, failed: Failures) -> dict:
+        result = score_open_ended(items, answers, self.scoring().question_accuracy, failed)
         # VizWiz reports the unanswerable questions on their own line
-        result["unanswerable"] = result.get("per_answerability", {}).get("unanswerable", 0.0)
+        if "unanswerable" in result.get("per_answer_type", {}):
+            result["unanswerable"] = result["per_answer_type"]["unanswerable"]
         return result
 
 
@@ -235,28 +275,38 @@ class VizWiz(Benchmark):
 
 
 class GQA(Benchmark):
-    """GQA balanced questions ``{qid: {"imageId", "question", "answer", "types"}}`` + image folder."""
+    """GQA questions ``{qid: {"imageId", "question", "answer", "types", "isBalanced"}}`` + image
+    folder. As the official ``eval.py``: only balanced questions count; per structural and
+    semantic type, and binary (verify / logical / compare / choose) vs open (query) questions."""
 
     name = "gqa_testdev"
+    task = "gqa"
+    split = "testdev_balanced"
+    default_prompt = "llava15_short_answer"
+    scorer = "gqa"
 
     def load(self, spec: BenchmarkSpec, limit: int | None = None) -> EvalSet:
+        prompt = self.prompt(spec)
         url = spec.questions or _require(spec, "annotations", self.name)
-        rows = list(self._rows(url).items())[:limit]
+        rows = list(self._balanced(self._rows(url)).items())[:limit]
         images = _require(spec, "images", self.name)
         requests = [
             EvalRequest(
                 qid,
-                _short_answer_prompt(get(q, "question", url, qid)),
+                prompt.format(question=get(q, "question", url, qid)),
                 storage.join(images, f"{get(q, 'imageId', url, qid)}.jpg"),
             )
             for qid, q in rows
         ]
         items = self._items(dict(rows), url)
-        return EvalSet(requests, score=lambda answers, failed: score_open_ended(items, answers, gqa_question_accuracy, failed))
+        accuracy = self.scoring().question_accuracy
+        return EvalSet(
+            requests, score=lambda answers, failed: score_open_ended(items, answers, accuracy, failed), protocol=self.protocol(prompt)
+        )
 
     def score_files(self, predictions: str, annotations: str, questions: str | None = None) -> dict:
-        items = self._items(self._rows(annotations), annotations)
-        return score_open_ended(items, read_predictions(predictions), gqa_question_accuracy)
+        items = self._items(self._balanced(self._rows(annotations)), annotations)
+        return score_open_ended(items, read_predictions(predictions), self.scoring().question_accuracy)
 
     @staticmethod
     def _rows(url: str) -> dict:
@@ -266,12 +316,19 @@ class GQA(Benchmark):
         return data
 
     @staticmethod
+    def _balanced(rows: Mapping) -> dict:
+        """The questions ``eval.py`` scores (the balanced files hold only those)."""
+        return {qid: q for qid, q in rows.items() if not isinstance(q, Mapping) or q.get("isBalanced", True)}
+
+    @staticmethod
     def _items(rows: Mapping, url: str) -> list[OpenEndedItem]:
         items = []
         for qid, q in rows.items():
             answer = str(get(q, "answer", url, str(qid)))
             types = q.get("types") or {}
             groups = {k: str(types[k]) for k in ("structural", "semantic") if k in types}
+            if "structural" in types:
+                groups["question_kind"] = "open" if types["structural"] == "query" else "binary"
             items.append(OpenEndedItem(str(qid), [answer], groups))
         return items
 
@@ -283,24 +340,36 @@ class MMBench(Benchmark):
     """MMBench TSV (base64 images). Dev splits are scored with CircularEval; test splits write
     the submission TSV (one row per pass, with the model's prediction)."""
 
-    def __init__(self, name: str, lang: str, scored: bool, synth: bool = False) -> None:
-        self.name, self.lang, self.scored, self.synth = name, lang, scored, synth
+    prompt_kind = "multiple_choice"
+    scorer = "mmbench_circular"
+
+    def __init__(self, name: str, lang: str, split: str, scored: bool, synth: bool = False) -> None:
+        self.name, self.lang, self.split, self.scored, self.synth = name, lang, split, scored, synth
+        self.task = "synth_mmbench" if synth else ("mmbench" if lang == "en" else "mmbench_cn")
+        self.default_prompt = f"llava15_mmbench_{lang}"
 
     def default_spec(self, synth_root: str) -> BenchmarkSpec | None:
         return BenchmarkSpec(questions=storage.join(synth_root, "eval", "mmbench_dev.tsv")) if self.synth else None
 
     def load(self, spec: BenchmarkSpec, limit: int | None = None) -> EvalSet:
+        prompt = self.prompt(spec)
         url = spec.questions or _require(spec, "annotations", self.name)
         rows = read_tsv(url)
         questions, failed, images = self._questions(rows, url, limit)
         passes = mmbench.expand_circular(questions)
         requests = [
-            EvalRequest(str(p.index), mmbench.prompt(p, self.lang), images.get(p.group), failed.get(p.group))
+            EvalRequest(
+                str(p.index),
+                prompt.format(question=p.question, options=p.options, hint=p.hint),
+                images.get(p.group),
+                failed.get(p.group),
+            )
             for p in passes
         ]
+        protocol = self.protocol(prompt)
         if self.scored:
-            return EvalSet(requests, score=lambda answers, fails: mmbench.score_circular(passes, answers, fails))
-        return EvalSet(requests, submission=lambda answers: self._submission(passes, answers))
+            return EvalSet(requests, score=lambda answers, fails: mmbench.score_circular(passes, answers, fails), protocol=protocol)
+        return EvalSet(requests, submission=lambda answers: self._submission(passes, answers), protocol=protocol)
 
     def score_files(self, predictions: str, annotations: str, questions: str | None = None) -> dict:
         parsed, failed, _ = self._questions(read_tsv(annotations), annotations, None)
@@ -370,18 +439,17 @@ class MMBench(Benchmark):
 
 # ----------------------------------------------------------------------------- the registry
 
-for _name, _bench in {
-    "vqav2_val": VQAv2("vqav2_val", "COCO_val2014_{image_id:012d}.jpg"),
-    "vqav2_testdev": VQAv2("vqav2_testdev", "COCO_test2015_{image_id:012d}.jpg", scored=False),
-    "synth_vqa": VQAv2("synth_vqa", "{image_id}.png", synth=True),
-    "textvqa_val": TextVQA(),
-    "vizwiz_val": VizWiz(),
-    "gqa_testdev": GQA(),
-    "mmbench_dev_en": MMBench("mmbench_dev_en", "en", scored=True),
-    "mmbench_dev_cn": MMBench("mmbench_dev_cn", "cn", scored=True),
-    "mmbench_test_en": MMBench("mmbench_test_en", "en", scored=False),
-    "mmbench_test_cn": MMBench("mmbench_test_cn", "cn", scored=False),
-    "synth_mmbench": MMBench("synth_mmbench", "en", scored=True, synth=True),
-}.items():
-    BENCHMARKS.add(_name, _bench)
-
+for _bench in (
+    VQAv2("vqav2_val", "val", "COCO_val2014_{image_id:012d}.jpg"),
+    VQAv2("vqav2_testdev", "test-dev", "COCO_test2015_{image_id:012d}.jpg", scored=False),
+    VQAv2("synth_vqa", "heldout", "{image_id}.png", synth=True),
+    TextVQA(),
+    VizWiz(),
+    GQA(),
+    MMBench("mmbench_dev_en", "en", "dev", scored=True),
+    MMBench("mmbench_dev_cn", "cn", "dev", scored=True),
+    MMBench("mmbench_test_en", "en", "test", scored=False),
+    MMBench("mmbench_test_cn", "cn", "test", scored=False),
+    MMBench("synth_mmbench", "en", "heldout", scored=True, synth=True),
+):
+    BENCHMARKS.add(_bench.name, _bench)

@@ -1,5 +1,5 @@
-"""`vlm eval run` (answer + score with a checkpoint, torchrun-aware) and `vlm eval score`
-(score an existing predictions file)."""
+"""`vlm eval run` (answer + score with a checkpoint, torchrun-aware), `vlm eval score` (score an
+existing predictions file) and `vlm eval compare` (a results.json next to published scores)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,31 @@ def eval_score(benchmark, predictions, annotations, questions) -> None:
         raise click.ClickException(str(err).strip('"')) from None
     json.dump({"benchmark": benchmark, **result}, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
+
+
+def _published_names() -> list[str]:
+    from vlm_core.eval.compare import load_published
+
+    return sorted(load_published())
+
+
+@eval_group.command("compare")
+@click.argument("results")
+@click.option("--against", required=True, type=click.Choice(_published_names()), help="Published model to compare with.")
+def eval_compare(results: str, against: str) -> None:
+    """This run's scores (RESULTS: a results.json URL) next to published ones, flagging where
+    the protocols differ (split, prompt, scorer, decoding, evaluation server, question limit)."""
+    from vlm_core import storage
+    from vlm_core.eval.compare import compare, compare_markdown, load_published
+
+    try:
+        data = json.loads(storage.read_text(results))
+    except FileNotFoundError:
+        raise click.ClickException(f"{results}: no such file (the results.json written by `vlm eval run`)") from None
+    except json.JSONDecodeError as err:
+        raise click.ClickException(f"{results}: not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise click.ClickException(f"{results}: expected results.json's shape, {{benchmark: {{accuracy, ...}}}}")
+    model = load_published()[against]
+    rows, unmatched = compare(data, model)
+    click.echo(compare_markdown(rows, unmatched, model), nl=False)

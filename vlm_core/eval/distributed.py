@@ -37,7 +37,7 @@ def _object_group():
 
 def all_gather(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a one-element list outside torchrun)."""
-    rank, size = world()
+    _, size = world()
     if size == 1:
         return [obj]
     dist = _init()

@@ -19,6 +19,21 @@ from vlm_core.eval.benchmarks import EvalRequest
 
 AnswerRecord = dict[str, Any]  # {"question_id", "answer"} plus "error" when it was not asked
 
+# LLaVA-1.5 evaluates with greedy decoding (docs/Evaluation.md: temperature 0, no beam search).
+GREEDY = {"do_sample": False, "num_beams": 1}
+
+
+def decoding_settings(processor: Any, max_new_tokens: int) -> dict[str, Any]:
+    """How answers are generated, as results.json records it."""
+    template = get_template(processor.template)
+    return {
+        "strategy": "greedy",
+        **GREEDY,
+        "max_new_tokens": max_new_tokens,
+        "template": template.name,
+        "stop": template.stop_string(processor.tokenizer),
+    }
+
 
 def prompt_ids(processor: Any, prompt: str, with_image: bool) -> list[int]:
     """Token ids of a one-turn generation prompt in the processor's template (LLaVA puts the
@@ -94,8 +109,7 @@ def generate_answers(
                     attention_mask=attention_mask.to(device),
                     pixel_values=pixel_values,
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    num_beams=1,
+                    **GREEDY,
                     eos_token_id=stop_id,
                     pad_token_id=pad_id,
                     streamer=streamer,

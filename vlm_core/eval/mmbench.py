@@ -1,9 +1,9 @@
-"""MMBench / MMBench-CN: CircularEval, rule-based answer extraction and the LLaVA-1.5 prompt.
+"""MMBench / MMBench-CN: CircularEval and VLMEvalKit's exact-matching answer extraction.
 
 CircularEval asks a question with N options N times, the options rotated one step each time,
 and counts it correct only if every pass is answered correctly. Passes follow the published
 index convention: pass ``k`` of question ``i`` has index ``i + k * 1_000_000`` (MMBench TSVs that
-already hold the copies are used as they are).
+already hold the copies are used as they are). The prompt is LLaVA-1.5's (``vlm_core.eval.prompts``).
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from vlm_core.eval.metrics import percent
+from vlm_core.eval.metrics import SCORERS, Scorer, percent
 
 CIRCULAR_STRIDE = 1_000_000
 OPTION_LETTERS = "ABCDEFGHIJ"
-
-INSTRUCTIONS = {
-    "en": "Answer with the option's letter from the given choices directly.",
-    "cn": "请直接回答选项字母。",
-}
 
 
 @dataclass(frozen=True)
@@ -71,47 +66,74 @@ def expand_circular(questions: Sequence[MCQuestion]) -> list[MCQuestion]:
     return [p for q in questions for p in rotations(q)]
 
 
-def prompt(q: MCQuestion, lang: str) -> str:
-    """LLaVA-1.5's MMBench prompt: hint, question, 'A. option' lines, the instruction."""
-    text = q.question if q.hint is None else f"{q.hint}\n{q.question}"
-    for letter, option in q.options:
-        text += f"\n{letter}. {option}"
-    return f"{text}\n{INSTRUCTIONS[lang]}"
-
-
 # ----------------------------------------------------------------------------- answer extraction
 
-_EXPLICIT = (
-    re.compile(r"answer\s*(?:is|:)\s*:?\s*[\(\[]?([A-J])\b", re.IGNORECASE),
-    re.compile(r"(?:答案|选项|选择|选)\s*(?:是|为|应为|应该是)?\s*[:：]?\s*[（(\[]?\s*([A-J])(?![A-Za-z])"),
+# VLMEvalKit's exact matching (vlmeval/utils/matching_util.py, can_infer at commit e8e78f05).
+REFUSAL = "Z"  # VLMEvalKit's letter for "the model declined": never the gold answer
+_REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
 )
-_TOKEN_SEPARATORS = re.compile(r"[.()\[\],:;!*#{}]")
+_SEPARATORS = ".()[],:;!*#{}"
+_VERBOSE_ANSWER = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 
-def extract_choice(prediction: str, options: Sequence[tuple[str, str]]) -> str | None:
-    """The option letter a free-form answer names, or None when no rule decides.
-
-    Rules, first decisive one wins: an explicit "The answer is A" / "答案是A" / "选A"; exactly
-    one option letter standing alone ("A", "A.", "(A)") — unless it is a sentence where "A" may be
-    the article (VLMEvalKit's guard); exactly one option whose text appears in the answer.
-    """
-    letters = [letter for letter, _ in options]
-    for pattern in _EXPLICIT:
-        match = pattern.search(prediction)
-        if match and match.group(1).upper() in letters:
-            return match.group(1).upper()
-    tokens = _TOKEN_SEPARATORS.sub(" ", prediction).split()
-    named = [letter for letter in letters if letter in tokens]
-    if len(named) == 1 and not ("A" in tokens and len(tokens) > 3):
-        return named[0]
-    lowered = prediction.lower()
-    by_text = [letter for letter, text in options if text and str(text).lower() in lowered]
-    if len(by_text) == 1:
-        return by_text[0]
+def _infer_option(answer: str, choices: Mapping[str, str]) -> str | None:
+    """``can_infer_option``: one option letter standing alone among the last four words, a
+    refusal, or "answer is X"."""
+    if "Failed to obtain answer via API" in answer:
+        return None
+    if any(refusal in answer for refusal in _REFUSALS):
+        return REFUSAL
+    cleaned = answer
+    for c in _SEPARATORS:
+        cleaned = cleaned.replace(c, " ")
+    words = cleaned.split()
+    named = [letter for letter in choices if letter in words]
+    if len(named) == 1:
+        # the letter must stand near the end: "B is wrong because ..." is not an answer
+        # (VLMEvalKit's article guard for "A" only logs under VERBOSE: not applied)
+        if words.index(named[0]) > len(words) - 5:
+            return named[0]
+    elif not named and REFUSAL in words:
+        return REFUSAL
+    match = _VERBOSE_ANSWER.search(answer)
+    if match and match.group(1).upper() in choices:
+        return match.group(1).upper()
     return None
 
 
+def _infer_text(answer: str, choices: Mapping[str, str]) -> str | None:
+    """``can_infer_text``: exactly one option's text inside an answer at most twice as long as
+    all option texts together."""
+    answer = answer.lower()
+    if len(answer) > 2 * sum(len(str(text)) for text in choices.values()):
+        return None
+    named = [letter for letter, text in choices.items() if str(text).lower() in answer]
+    return named[0] if len(named) == 1 else None
+
+
+def extract_choice(prediction: str, options: Sequence[tuple[str, str]]) -> str | None:
+    """VLMEvalKit's ``can_infer`` (exact matching, no LLM): the option letter the prediction
+    names, ``"Z"`` for a refusal, or None when neither rule decides (scored wrong, as VLMEvalKit's
+    ``exact_matching`` mode does)."""
+    choices = dict(options)
+    return _infer_option(str(prediction), choices) or _infer_text(str(prediction), choices)
+
+
 # ----------------------------------------------------------------------------- CircularEval
+
+SCORERS.add(
+    "mmbench_circular",
+    Scorer(
+        "mmbench_circular",
+        "vlmevalkit-e8e78f05-exact-matching",
+        "open-compass/VLMEvalKit vlmeval/utils/matching_util.py can_infer (no LLM) and the CircularEval of "
+        "vlmeval/dataset/utils/multiple_choice.py: a question counts only if every rotation is answered right",
+    ),
+)
 
 
 def score_circular(

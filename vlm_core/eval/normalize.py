@@ -1,12 +1,14 @@
-"""Answer normalization exactly as the official evaluators do it.
+"""Answer normalization exactly as the official evaluators do it, quirks included.
 
-Two published variants share their tables:
+Three published variants share one set of tables:
 
-- ``vqa_*``: GT-Vision-Lab's ``vqaEval.py`` (VQAv2). The prediction is stripped, then
-  punctuation- and digit/article-processed; ground-truth answers get punctuation processing only
-  (and only when the ten answers disagree — see :mod:`vlm_core.eval.metrics`).
-- :func:`evalai_normalize`: the EvalAI answer processor used by the TextVQA (m4c) evaluator,
-  applied to prediction and answers alike; it lowercases first and has a greedier comma rule.
+- GT-Vision-Lab's ``vqaEval.py`` (VQAv2, current version): :func:`vqa_normalize` (punctuation,
+  then digits / articles / contractions) runs on the prediction *and* the ten answers, but only
+  when the answers disagree (see :mod:`vlm_core.eval.metrics`).
+- The EvalAI answer processor (:func:`evalai_normalize`; TextVQA's m4c evaluator, LLaVA's
+  submission scripts): lowercases first, splits "'s", and has a greedier comma rule.
+- The VizWiz VQA API's ``vqaEval.py`` (:func:`vizwiz_normalize`): the VQA steps on the
+  prediction only, with its own contraction table (curly apostrophes).
 
 The quirks are deliberate: numbers must stay comparable with published ones.
 """
@@ -14,6 +16,7 @@ The quirks are deliberate: numbers must stay comparable with published ones.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -68,6 +71,22 @@ EVALAI_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
 _PERIOD_COUNT = int(re.UNICODE)
 
 
+# The VizWiz API writes its table with curly apostrophes, except in these entries, which kept
+# straight ones (keys) or straight values.
+_VIZWIZ_STRAIGHT_KEYS = frozenset({"couldn'tve", "hadn'tve"})
+_VIZWIZ_STRAIGHT_VALUES = frozenset({"aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove"})
+
+
+def _curly(text: str) -> str:
+    return text.replace("'", "\u2019")
+
+
+VIZWIZ_CONTRACTIONS = {
+    (k if k in _VIZWIZ_STRAIGHT_KEYS else _curly(k)): (v if k in _VIZWIZ_STRAIGHT_VALUES else _curly(v))
+    for k, v in CONTRACTIONS.items()
+}
+
+
 def process_punctuation(text: str, comma_strip: re.Pattern[str] = VQA_COMMA_STRIP) -> str:
     """Remove punctuation marks that touch a space (or any, when a digit group uses commas);
     replace the others by a space. The test looks at the *input*, the edits pile up on the output."""
@@ -81,27 +100,30 @@ def process_punctuation(text: str, comma_strip: re.Pattern[str] = VQA_COMMA_STRI
     return PERIOD_STRIP.sub("", out, count=_PERIOD_COUNT)
 
 
-def process_digit_article(text: str) -> str:
+def process_digit_article(text: str, contractions: Mapping[str, str] = CONTRACTIONS) -> str:
     """Lowercase, number words to digits, drop articles, restore contractions."""
     words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in ARTICLES]
-    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+    return " ".join(contractions.get(w, w) for w in words)
 
 
-def vqa_normalize_prediction(answer: str) -> str:
-    """The prediction side of ``vqaEval.py``."""
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
+def strip_whitespace(answer: str) -> str:
+    """What every evaluator does first: newlines and tabs become spaces, then ``strip()``."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
+def vqa_normalize(answer: str) -> str:
+    """``vqaEval.py``'s processing of one answer (prediction or ground truth alike)."""
     return process_digit_article(process_punctuation(answer))
 
 
-def vqa_normalize_ground_truth(answer: str) -> str:
-    """The ground-truth side of ``vqaEval.py`` (applied only when the ten answers disagree)."""
-    return process_punctuation(answer)
-
-
 def evalai_normalize(answer: str) -> str:
-    """EvalAI's answer processor (TextVQA / m4c evaluator), for predictions and answers alike."""
+    """EvalAI's answer processor (m4c evaluator, LLaVA's ``convert_*_for_submission``)."""
     answer = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    answer = process_punctuation(answer, comma_strip=EVALAI_COMMA_STRIP)
+    answer = process_punctuation(strip_whitespace(answer), comma_strip=EVALAI_COMMA_STRIP)
     return process_digit_article(answer)
+
+
+def vizwiz_normalize(prediction: str) -> str:
+    """The VizWiz API's processing of a prediction (the ground truth stays as annotated)."""
+    return process_digit_article(process_punctuation(strip_whitespace(prediction)), VIZWIZ_CONTRACTIONS)

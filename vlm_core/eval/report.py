@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping
 
 from vlm_core import storage
 
-
 MAX_BREAKDOWN = 6
 
 
@@ -41,6 +40,8 @@ def scalars(results: Mapping[str, dict]) -> Iterator[tuple[str, float]]:
     ``synth_vqa/accuracy``, ``synth_vqa/per_question_type/colour``, ``mmbench/per_category/x/circular``."""
     for bench, r in results.items():
         for key, value in r.items():
+            if key == "protocol":  # how the score was made, not a measurement
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 yield f"{bench}/{key}", float(value)
             elif isinstance(value, Mapping):

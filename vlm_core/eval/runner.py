@@ -3,10 +3,14 @@
 Outputs under the eval output URL (``cfg.eval_output()`` with a run config):
 ``answers/<bench>.jsonl``, ``results.json``, ``results.md``, ``submissions/`` (test splits), and
 TensorBoard scalars under ``<output>/tensorboard/eval`` (``cfg.tensorboard_dir("eval")``).
+Each benchmark's entry in ``results.json`` carries its ``protocol``: task and split, prompt id,
+scorer name and version, decoding settings, and the sha256 of the question / annotation files,
+so a score can be reproduced (and compared: ``vlm eval compare``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -18,7 +22,7 @@ from vlm_core.config import BenchmarkSpec, RunConfig
 from vlm_core.eval import distributed
 from vlm_core.eval.answers import AnswerStore
 from vlm_core.eval.benchmarks import BENCHMARKS, EvalSet
-from vlm_core.eval.generate import AnswerRecord, generate_answers
+from vlm_core.eval.generate import AnswerRecord, decoding_settings, generate_answers
 from vlm_core.eval.report import results_markdown, write_tensorboard
 
 log = logging.getLogger(__name__)
@@ -40,16 +44,16 @@ class EvalSettings:
     def from_config(cls, cfg: RunConfig, **overrides: Any) -> EvalSettings:
         """Settings from a run config's ``eval`` section; non-None ``overrides`` win."""
         ev = cfg.eval
-        values: dict[str, Any] = dict(
-            checkpoint=ev.checkpoint or cfg.stage_output(cfg.last_stage()),
-            benchmarks=list(ev.benchmarks),
-            output=cfg.eval_output(),
-            tensorboard=cfg.tensorboard_dir("eval"),
-            data=dict(ev.data),
-            limit=ev.limit,
-            batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens,
-        )
+        values: dict[str, Any] = {
+            "checkpoint": ev.checkpoint or cfg.stage_output(cfg.last_stage()),
+            "benchmarks": list(ev.benchmarks),
+            "output": cfg.eval_output(),
+            "tensorboard": cfg.tensorboard_dir("eval"),
+            "data": dict(ev.data),
+            "limit": ev.limit,
+            "batch_size": ev.batch_size,
+            "max_new_tokens": ev.max_new_tokens,
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -100,17 +104,38 @@ def evaluate(model: Any, processor: Any, settings: EvalSettings) -> dict[str, di
     answers_dir = storage.join(settings.output, "answers")
     results: dict[str, dict] = {}
     for name in settings.benchmarks:
-        eval_set = BENCHMARKS.get(name).load(settings.spec(name), settings.limit)
+        spec = settings.spec(name)
+        eval_set = BENCHMARKS.get(name).load(spec, settings.limit)
         records = answer_benchmark(
             model, processor, name, eval_set, answers_dir, settings.batch_size, settings.max_new_tokens
         )
         if rank == 0:
             results[name] = _score(name, eval_set, records, settings.output)
+            results[name]["protocol"] = {
+                **eval_set.protocol,
+                "limit": settings.limit,
+                "decoding": decoding_settings(processor, settings.max_new_tokens),
+                "files": file_checksums(spec),
+            }
     if rank == 0:
         storage.write_text_atomic(storage.join(settings.output, "results.json"), json.dumps(results, indent=2) + "\n")
         storage.write_text_atomic(storage.join(settings.output, "results.md"), results_markdown(results))
         write_tensorboard(settings.tensorboard, results)
     return distributed.broadcast(results)
+
+
+def file_checksums(spec: BenchmarkSpec) -> dict[str, dict[str, str]]:
+    """``{"questions": {"url", "sha256"}, ...}`` of the files a benchmark read (not the images)."""
+    out = {}
+    for key in ("questions", "annotations"):
+        url = getattr(spec, key)
+        if url:
+            digest = hashlib.sha256()
+            with storage.open_url(url, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[key] = {"url": url, "sha256": digest.hexdigest()}
+    return out
 
 
 def _score(name: str, eval_set: EvalSet, records: Sequence[AnswerRecord], output: str) -> dict:
@@ -151,14 +176,14 @@ def run_eval(
     if isinstance(benchmarks, str):
         benchmarks = [b for b in benchmarks.split(",") if b]
     specs = {k: v if isinstance(v, BenchmarkSpec) else BenchmarkSpec(**v) for k, v in (data or {}).items()}
-    overrides = dict(
-        checkpoint=checkpoint,
-        benchmarks=list(benchmarks) if benchmarks else None,
-        synth_root=synth_root,
-        limit=limit,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-    )
+    overrides = {
+        "checkpoint": checkpoint,
+        "benchmarks": list(benchmarks) if benchmarks else None,
+        "synth_root": synth_root,
+        "limit": limit,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+    }
     if output is not None:
         overrides.update(output=output, tensorboard=storage.join(output, "tensorboard", "eval"))
     if cfg is not None:
