@@ -255,3 +255,22 @@ def test_score_cli_errors_are_clear(tmp_path):
     assert "bad.json: annotations[0]: missing field 'answer_type'" in out.output
     out = _score(["--benchmark", "vqa_val", "--predictions", "x", "--annotations", "y"])
     assert out.exit_code == 1 and "unknown benchmark 'vqa_val'" in out.output and "vqav2_val" in out.output
+
+
+def test_synth_eval_prompts_are_phrased_as_the_synth_training_prompts(tmp_path):
+    """The synthetic benchmarks ask with LLaVA-1.5's prompts; the synthetic training data must
+    phrase its questions the same way, or the held-out accuracy measures a prompt shift."""
+    import re
+
+    from vlm_core.data.synth import generate
+
+    generate(str(tmp_path), train=20, eval_images=6)
+    trained = set()
+    for line in (tmp_path / "instruct.jsonl").read_text().splitlines():
+        human = json.loads(line)["conversations"][0]["value"]
+        assert human.startswith("<image>\n")  # generation puts the image first too
+        trained.add(re.sub(r"(?m)^[A-D]\. .*$", "<option>", human.removeprefix("<image>\n")))
+    for name in ("synth_vqa", "synth_mmbench"):
+        bench = BENCHMARKS.get(name)
+        for request in bench.load(bench.default_spec(str(tmp_path))).requests:
+            assert re.sub(r"(?m)^[A-D]\. .*$", "<option>", request.prompt) in trained, request.prompt

@@ -58,6 +58,44 @@ def _prepare(processor: Any, request: EvalRequest) -> tuple[list[int], Any] | st
     return prompt_ids(processor, request.prompt, image is not None), image
 
 
+def _generate_batch(
+    model: Any, processor: Any, ready: list[tuple[EvalRequest, tuple[list[int], Any]]], max_new_tokens: int, streamer: Any
+) -> dict[str, str]:
+    """Greedy answers of prepared requests, decoded up to the template's stop token."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    stop_id = get_template(processor.template).stop_token_id(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    width = max(len(ids) for _, (ids, _) in ready)
+    input_ids = torch.full((len(ready), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ready), width), dtype=torch.long)
+    for row, (_, (ids, _)) in enumerate(ready):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention_mask[row, width - len(ids) :] = 1
+    images = [image for _, (_, image) in ready if image is not None]
+    pixel_values = processor.process_images(images).to(device, dtype) if images else None
+    with torch.inference_mode():
+        generated = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            pixel_values=pixel_values,
+            max_new_tokens=max_new_tokens,
+            **GREEDY,
+            eos_token_id=stop_id,
+            pad_token_id=pad_id,
+            streamer=streamer,
+        )
+    answers = {}
+    for (request, _), row in zip(ready, generated[:, width:].tolist()):
+        if stop_id in row:
+            row = row[: row.index(stop_id)]
+        answers[request.question_id] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return answers
+
+
 def generate_answers(
     model: Any,
     processor: Any,
@@ -76,15 +114,8 @@ def generate_answers(
     runner appends it to the answers file); ``streamer`` (a transformers streamer) prints tokens
     as they come, for one request at a time.
     """
-    import torch
-
     if streamer is not None and batch_size != 1:
         raise ValueError("streaming decodes one request at a time: use batch_size=1")
-    tokenizer = processor.tokenizer
-    stop_id = get_template(processor.template).stop_token_id(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_id
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
     order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
     out: dict[int, AnswerRecord] = {}
     batches = range(0, len(requests), batch_size)
@@ -93,31 +124,7 @@ def generate_answers(
         batch = [requests[i] for i in positions]
         prepared = [_prepare(processor, r) for r in batch]
         ready = [(r, p) for r, p in zip(batch, prepared) if not isinstance(p, str)]
-        answers: dict[str, str] = {}
-        if ready:
-            width = max(len(ids) for _, (ids, _) in ready)
-            input_ids = torch.full((len(ready), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(ready), width), dtype=torch.long)
-            for row, (_, (ids, _)) in enumerate(ready):
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
-            images = [image for _, (_, image) in ready if image is not None]
-            pixel_values = processor.process_images(images).to(device, dtype) if images else None
-            with torch.inference_mode():
-                generated = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    pixel_values=pixel_values,
-                    max_new_tokens=max_new_tokens,
-                    **GREEDY,
-                    eos_token_id=stop_id,
-                    pad_token_id=pad_id,
-                    streamer=streamer,
-                )
-            for (request, _), row in zip(ready, generated[:, width:].tolist()):
-                if stop_id in row:
-                    row = row[: row.index(stop_id)]
-                answers[request.question_id] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        answers = _generate_batch(model, processor, ready, max_new_tokens, streamer) if ready else {}
         records: list[AnswerRecord] = []
         for request, prep in zip(batch, prepared):
             if isinstance(prep, str):
