@@ -447,6 +447,15 @@ def test_turns_must_alternate(bpe_tok):
         TEMPLATES.get("vicuna_v1").encode([CONV[0], CONV[2]], bpe_tok, IMG, 1)
 
 
+@pytest.mark.parametrize("name", ["chatml", "llama3", "llava_llama_2", "plain", "vicuna_v1"])
+def test_fixed_texts_for_training_a_tokenizer(name):
+    """What an on-the-fly tokenizer is trained on besides the data (train/run.py)."""
+    texts = TEMPLATES.get(name).fixed_texts()
+    assert texts and all(isinstance(t, str) and t for t in texts)
+    expected = {"vicuna_v1": VICUNA_SYSTEM, "llava_llama_2": LLAVA_LLAMA2_SYSTEM, "chatml": "<|im_start|>"}.get(name)
+    assert expected is None or any(expected in t for t in texts)
+
+
 def test_unknown_template_lists_known():
     with pytest.raises(KeyError, match="known: chatml, llama3, llava_llama_2, plain, tokenizer, vicuna_v1"):
         TEMPLATES.get("llama2")

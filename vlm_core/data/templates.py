@@ -151,6 +151,12 @@ class Template(ABC):
                     "set; load a tokenizer that has one or pick another template"
                 )
 
+    def fixed_texts(self) -> list[str]:
+        """The template's own text around a one-round conversation (system prompt, role tags,
+        token strings), for training a tokenizer that spends few tokens on it."""
+        example = [("user", f"{IMAGE_PLACEHOLDER}\n?"), ("assistant", "!")]
+        return [p.text for p in self.segments(example, None, False) if p.text]
+
     def uses(self, token: str) -> bool:
         """Whether the template writes ``token`` (a token string, or BOS / EOS)."""
         example = [("user", IMAGE_PLACEHOLDER), ("assistant", "!")]

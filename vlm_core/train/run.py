@@ -110,11 +110,10 @@ def _open_sources(cfg: RunConfig, names: list[str]):
 def _template_texts(cfg: RunConfig) -> list[str]:
     """The fixed text of every template in use (system prompts, role tags), so an on-the-fly
     tokenizer spends few tokens on boilerplate."""
-    from vlm_core.data.templates import get_template, normalize_turns
+    from vlm_core.data.templates import get_template
 
-    example = normalize_turns([{"from": "human", "value": "?"}, {"from": "gpt", "value": "!"}])
     names = {cfg.data.template} | {s.template for s in cfg.stages.values() if s.template}
-    return [seg.text for name in sorted(names - {"tokenizer"}) for seg in get_template(name).segments(example, None, False)]
+    return [text for name in sorted(names - {"tokenizer"}) for text in get_template(name).fixed_texts()]
 
 
 def _tokenizer_texts(cfg: RunConfig, sources) -> list[str]:
@@ -205,7 +204,7 @@ def find_resume_checkpoint(paths: StagePaths, state) -> str | None:
     if storage.is_local(paths.url):
         return local
     remote = newest_checkpoint(paths.checkpoints_url)
-    step = lambda p: int(CHECKPOINT_RE.match(p.rstrip("/").rsplit("/", 1)[-1]).group(1)) if p else -1  # noqa: E731
+    step = lambda p: int(CHECKPOINT_RE.match(p.rstrip("/").rsplit("/", 1)[-1]).group(1)) if p else -1
     if remote and step(remote) > step(local):
         target = os.path.join(paths.checkpoints_local, remote.rstrip("/").rsplit("/", 1)[-1])
         if state.is_local_main_process:
