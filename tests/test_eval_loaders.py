@@ -234,7 +234,8 @@ def test_score_cli_vqa_gqa_and_mmbench(tmp_path):
     gqa = {"q1": {"imageId": "n1", "question": "Which side?", "answer": "left", "types": {"structural": "choose", "semantic": "rel"}},
            "q2": {"imageId": "n2", "question": "Is it red?", "answer": "yes", "types": {"structural": "verify", "semantic": "attr"}}}  # fmt: skip
     (tmp_path / "gqa.json").write_text(json.dumps(gqa))
-    (tmp_path / "gqa_pred.json").write_text(json.dumps([{"question_id": "q1", "answer": "Left."}, {"question_id": "q2", "answer": "no"}]))
+    # GQA's own predictions format, as LLaVA's convert_gqa_for_eval.py writes it
+    (tmp_path / "gqa_pred.json").write_text(json.dumps([{"questionId": "q1", "prediction": "Left."}, {"questionId": "q2", "prediction": "no"}]))
     out = _score(["--benchmark", "gqa_testdev", "--predictions", str(tmp_path / "gqa_pred.json"), "--annotations", str(tmp_path / "gqa.json")])
     assert json.loads(out.output)["accuracy"] == 50.0
     assert json.loads(out.output)["per_structural"] == {"choose": 100.0, "verify": 0.0}

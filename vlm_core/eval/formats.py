@@ -63,9 +63,14 @@ def read_tsv(url: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text), delimiter="\t"))
 
 
+PREDICTION_KEYS = ("question_id", "questionId", "index", "image")  # ours / LLaVA's, GQA's, MMBench's, VizWiz's
+PREDICTION_VALUES = ("answer", "prediction", "text")
+
+
 def read_predictions(url: str) -> dict[str, str]:
-    """Predictions as a JSON list or JSONL of ``{"question_id", "answer"}`` (or MMBench's
-    ``{"index", "prediction"}``), keyed by the id as a string."""
+    """Predictions as a JSON list or JSONL, keyed by the id as a string: ``{"question_id",
+    "answer"}`` (ours; LLaVA's answer files have ``text``), GQA's ``{"questionId", "prediction"}``,
+    MMBench's ``{"index", "prediction"}``, VizWiz's ``{"image", "answer"}``."""
     text = storage.read_text(url).strip()
     if text.startswith("["):
         items: Iterable = json.loads(text)
@@ -73,11 +78,13 @@ def read_predictions(url: str) -> dict[str, str]:
         items = (json.loads(line) for line in text.splitlines() if line.strip())
     out: dict[str, str] = {}
     for n, item in enumerate(items):
-        key = item.get("question_id", item.get("index")) if isinstance(item, dict) else None
-        value = item.get("answer", item.get("prediction", item.get("text"))) if isinstance(item, dict) else None
+        item = item if isinstance(item, dict) else {}
+        key = next((item[k] for k in PREDICTION_KEYS if item.get(k) is not None), None)
+        value = next((item[k] for k in PREDICTION_VALUES if item.get(k) is not None), None)
         if key is None or value is None:
             raise AnnotationError(
-                f"{url}: prediction {n}: needs 'question_id' (or 'index') and 'answer' (or 'prediction')"
+                f"{url}: prediction {n}: needs an id ({', '.join(PREDICTION_KEYS)}) and an answer "
+                f"({', '.join(PREDICTION_VALUES)})"
             )
         out[str(key)] = str(value)
     return out
