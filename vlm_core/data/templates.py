@@ -25,6 +25,7 @@ docs/ARCHITECTURE.md, "Data", for the rules per template.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,8 +160,7 @@ class Template(ABC):
 
     def uses(self, token: str) -> bool:
         """Whether the template writes ``token`` (a token string, or BOS / EOS)."""
-        example = [("user", IMAGE_PLACEHOLDER), ("assistant", "!")]
-        return any(isinstance(p, Token) and p.name == token for p in self.segments(example, None, False))
+        return token in _written_tokens(self)
 
     def encode(
         self, conversations: list[dict[str, str]], tokenizer: Any, image_token_id: int, num_image_tokens: int
@@ -181,6 +181,14 @@ class Template(ABC):
         self.check_tokenizer(tokenizer)
         ids, _ = tokenize(self.segments(turns, tokenizer, True), tokenizer, image_token_id, num_image_tokens)
         return ids
+
+
+@functools.cache
+def _written_tokens(template: Template) -> frozenset[str]:
+    """The tokens a template writes around a one-round conversation (checked once per template)."""
+    example = [("user", IMAGE_PLACEHOLDER), ("assistant", "!")]
+    return frozenset(p.name for p in template.segments(example, None, False) if isinstance(p, Token))
+
 
 # ----------------------------------------------------------------------------- tokenization
 
