@@ -53,7 +53,7 @@ def _runtime_stage(text: str) -> list[str]:
 
 
 def _args(text: str) -> dict[str, str]:
-    return dict(re.findall(r"^ARG (\w+)=(\S+)", text, flags=re.M))
+    return dict(re.findall(r"^ARG (\w+)=(\S+)", text, flags=re.MULTILINE))
 
 
 def _pip_targets(stage: list[str]) -> list[str]:
