@@ -17,7 +17,7 @@ helm = pytest.importorskip("helm_python")
 from pipelines import chart_values
 from pipelines.manifests import chart_objects, render_chart
 from pipelines.validate import problems
-from vlm_core.config import load_config, parse_config
+from vlm_core.config import DataConfig, load_config, parse_config
 
 CHART = chart_values.CHART_DIR
 VALUE_SETS = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -153,6 +153,19 @@ def test_defaults_are_the_quickstart_on_the_pvc():
         assert node == f"{mount}/{path}"
     # Nothing else differs from the quickstart.
     assert run.with_overrides(moved | {"cluster.storage.pvc": None}) == quickstart
+
+
+@pytest.mark.skipif(
+    "synthesize" not in DataConfig.model_fields, reason="data.synthesize comes with the orch branch"
+)
+def test_the_default_run_makes_its_data_in_cluster():
+    """The staging step writes the synthetic dataset where every dataset and eval file of the run is."""
+    run = chart_values.example_run()
+    folder = run.data.synthesize
+    assert folder and folder.startswith(run.cluster.storage.pvc_mount + "/")
+    files = [d.url for d in run.data.datasets.values()]
+    files += [v for spec in run.eval.data.values() for v in spec.model_dump().values() if isinstance(v, str)]
+    assert files and all(f.startswith(folder + "/") for f in files), files
 
 
 @pytest.mark.parametrize("values_file", VALUE_SETS, ids=lambda p: p.stem)
