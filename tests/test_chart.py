@@ -151,8 +151,11 @@ def test_defaults_are_the_quickstart_on_the_pvc():
         for part in key.split("."):
             node = node[part]
         assert node == f"{mount}/{path}"
-    # Nothing else differs from the quickstart.
-    assert run.with_overrides(moved | {"cluster.storage.pvc": None}) == quickstart
+    # Nothing else differs from the quickstart (but the request for in-cluster data, checked below).
+    back = {"cluster.storage.pvc": None}
+    if "synthesize" in DataConfig.model_fields and "data.synthesize" not in moved:
+        back["data.synthesize"] = None
+    assert run.with_overrides(back | moved) == quickstart
 
 
 @pytest.mark.skipif(
