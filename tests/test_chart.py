@@ -269,7 +269,7 @@ def test_notes_say_how_to_follow_check_and_resume_the_run():
     assert "kubectl -n vlm logs -f job/quickstart-driver" in notes
     assert "kubectl -n vlm get pytorchjobs -l app.kubernetes.io/instance=quickstart" in notes
     assert "helm test demo -n vlm" in notes
-    assert "kubectl -n vlm delete job quickstart-driver" in notes
+    assert "kubectl -n vlm delete job quickstart-driver --cascade=foreground" in notes
     assert "port-forward svc/quickstart-tensorboard 6006:6006" in notes
 
 
