@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from pipelines import chart_values
-from pipelines.validate import load_objects
+from pipelines.validate import MissingExtra, load_objects
 from vlm_core.config import RunConfig
 
 MANIFESTS_DIR = chart_values.REPO_DIR / "manifests"
@@ -28,7 +28,7 @@ def _helm() -> Any:
     try:
         import helm_python
     except ImportError:
-        raise RuntimeError("rendering the chart needs the Helm engine: pip install helm-python-sdk") from None
+        raise MissingExtra("rendering the chart needs the Helm engine: pip install 'vlm-platform[cluster]'") from None
     return helm_python
 
 

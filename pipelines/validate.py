@@ -35,6 +35,10 @@ CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 Object = dict[str, Any]
 
 
+class MissingExtra(RuntimeError):
+    """A clone-side command whose library is not installed; the message says what to install."""
+
+
 def load_objects(text: str) -> list[Object]:
     """The objects of a multi-document YAML stream (empty documents dropped)."""
     return [obj for obj in yaml.safe_load_all(text) if obj]
@@ -51,8 +55,8 @@ def schema_problems(obj: Object) -> list[str]:
         return pytorchjob_problems(obj)
     try:
         import kubernetes_validate
-    except ImportError as err:  # a test/dev extra: pip install 'vlm-platform[test]'
-        raise RuntimeError("validating built-in kinds needs kubernetes-validate (the [test] extra)") from err
+    except ImportError:
+        raise MissingExtra("validating built-in kinds needs kubernetes-validate: pip install 'vlm-platform[cluster]'") from None
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as err:
