@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import click
 import yaml
 
 # The Kubernetes minor release whose API schemas the objects are checked against.
@@ -35,8 +36,8 @@ CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 Object = dict[str, Any]
 
 
-class MissingExtra(RuntimeError):
-    """A clone-side command whose library is not installed; the message says what to install."""
+class MissingExtra(click.ClickException):
+    """A clone-side command's library is not installed: one line (exit 1) saying what to install."""
 
 
 def load_objects(text: str) -> list[Object]:

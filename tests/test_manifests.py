@@ -122,3 +122,13 @@ def test_a_bad_config_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["pipeline", "manifests", "--config", str(bad), "-o", str(tmp_path / "out")])
     assert result.exit_code == 1 and "name" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_without_the_helm_engine_the_command_says_what_to_install(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from vlm_core.cli import main
+
+    monkeypatch.setitem(__import__("sys").modules, "helm_python", None)  # as if not installed
+    result = CliRunner().invoke(main, ["pipeline", "manifests", "-o", str(tmp_path)])
+    assert result.exit_code == 1 and "vlm-platform[cluster]" in result.output and "Traceback" not in result.output
