@@ -7,6 +7,7 @@ the `helm test` pod); every PyTorchJob comes from the driver's Python builder at
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -313,3 +314,16 @@ def test_chart_values_command_writes_values_that_install_a_config(tmp_path):
     bad.write_text("name: x\ndistributed: {nodes: 0}\n")
     result = CliRunner().invoke(main, ["pipeline", "chart-values", "--config", str(bad)])
     assert result.exit_code == 1 and "distributed.nodes" in result.output and "Traceback" not in result.output
+
+
+def test_readme_cluster_commands_name_objects_the_chart_creates():
+    """The README's copy-paste blocks name the driver, TensorBoard and ConfigMap of real runs."""
+    readme = (chart_values.REPO_DIR / "README.md").read_text()
+    section = readme[readme.index("## On a Kubernetes cluster") :]
+    runs = {chart_values.example_run().name} | {
+        load_config(p).name for p in (chart_values.REPO_DIR / "configs").glob("*.yaml")
+    }
+    named = re.findall(r"(?:job/|svc/|configmap |pod/)([a-z0-9-]+?)-(driver|tensorboard|config|status)\b", section)
+    assert named and {run for run, _ in named} <= runs, named
+    objects = {o["metadata"]["name"] for o in chart_objects({}, namespace=NAMESPACE, tests=True)}
+    assert {f"{run}-{kind}" for run, kind in named if run == chart_values.example_run().name} <= objects
