@@ -31,7 +31,12 @@ from typing import Any
 import torch
 
 from vlm_core.models.importers.base import UnsupportedCheckpoint
-from vlm_core.models.importers.weights import check_complete, iter_shards, write_sharded
+from vlm_core.models.importers.weights import (
+    check_complete,
+    iter_shards,
+    weight_files,
+    write_sharded,
+)
 
 log = logging.getLogger("vlm.import")
 
@@ -129,7 +134,11 @@ def write_qwen2(src: str, qwen: dict[str, Any], folder: str) -> None:
     written: set[str] = set()
 
     def shards() -> Iterator[dict[str, torch.Tensor]]:
-        for shard in iter_shards(src, keep=lambda key: not key.startswith("transformer.visual.")):
+        from tqdm import tqdm
+
+        files = len(weight_files(src))
+        source = iter_shards(src, keep=lambda key: not key.startswith("transformer.visual."))
+        for shard in tqdm(source, total=files, desc="Qwen v1 -> Qwen2", unit="shard", disable=files < 2):
             converted = convert_tensors(shard, config.hidden_size)
             written.update(converted)
             yield converted
