@@ -180,6 +180,11 @@ def test_import_cli_and_its_one_line_errors(tmp_path):
     result = runner.invoke(main, ["import", "llava-hf", str(src), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "vlm_processor.json").exists()
+    image = tmp_path / "shape.png"
+    Image.new("RGB", (40, 24), (200, 30, 30)).save(image)
+    chat = runner.invoke(main, ["chat", "--checkpoint", str(tmp_path / "out"), "--image", str(image),
+                                "--max-new-tokens", "3", "what colour is the shape?"])
+    assert chat.exit_code == 0, chat.output
     for args, message in [
         (["import", "llava-next", str(src), str(tmp_path / "x")], "unknown checkpoint format 'llava-next'; known: llava, llava-hf, qwen-vl"),
         (["import", "llava-hf", str(src), str(tmp_path / "x"), "--llm", "y"], "format 'llava-hf' does not take --llm"),
