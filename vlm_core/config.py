@@ -45,9 +45,15 @@ class VisionConfig(_Section):
     config: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the encoder's transformers config (random init or pretrained)."
     )
-    feature_layer: int = Field(-2, description="Hidden-state layer whose features feed the projector.")
+    feature_layer: int | None = Field(
+        None,
+        description="Hidden-state layer whose features feed the projector; default: the encoder family's "
+        "(-2 as LLaVA for CLIP-like towers; -1 for qwen_vl_vit, which feeds its last block to the resampler).",
+    )
     feature_select: Literal["patch", "cls_patch"] = "patch"
-    image_size: int | None = Field(None, gt=0, description="Input resolution; default: the encoder's.")
+    image_size: int | None = Field(
+        None, gt=0, description="Input resolution; default: the encoder's own config (qwen_vl_vit as released: 448)."
+    )
 
 
 class ProjectorConfig(_Section):
@@ -55,7 +61,9 @@ class ProjectorConfig(_Section):
         "mlp2x_gelu", description="linear, identity, mlp{N}x_gelu (e.g. mlp2x_gelu), or cross_attn (Qwen-VL resampler)."
     )
     num_queries: int = Field(256, gt=0, description="cross_attn: learned queries = image tokens per image.")
-    num_heads: int | None = Field(None, gt=0, description="cross_attn: attention heads; default hidden/128.")
+    num_heads: int | None = Field(
+        None, gt=0, description="cross_attn: attention heads; default: LLM width // 128, as Qwen-VL and CodeFuse-VLM."
+    )
 
     @field_validator("type")
     @classmethod
@@ -68,7 +76,11 @@ class ProjectorConfig(_Section):
 
 
 class LLMConfig(_Section):
-    name_or_path: str | None = Field(None, description="Hub id or path of any AutoModelForCausalLM; null: random from `config`.")
+    name_or_path: str | None = Field(
+        None,
+        description="Hub id or path of any AutoModelForCausalLM; null: random from `config`. Checkpoints "
+        "transformers cannot load (Qwen v1, original LLaVA) are converted first with `vlm import`.",
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="transformers config overrides; must name model_type for random init."
     )
