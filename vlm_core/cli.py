@@ -21,6 +21,7 @@ CORE_COMMANDS = {
     "synth": "vlm_core.data.synth:synth_command",
     "train": "vlm_core.train.cli:train_command",
     "export": "vlm_core.train.cli:export_command",
+    "import": "vlm_core.models.importers.cli:import_command",
     "eval": "vlm_core.eval.cli:eval_group",
     "chat": "vlm_core.eval.chat:chat_command",
 }

@@ -9,6 +9,7 @@ Loading errors name the field, the bad value and what is allowed, e.g.::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -44,9 +45,15 @@ class VisionConfig(_Section):
     config: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the encoder's transformers config (random init or pretrained)."
     )
-    feature_layer: int = Field(-2, description="Hidden-state layer whose features feed the projector.")
+    feature_layer: int | None = Field(
+        None,
+        description="Hidden-state layer whose features feed the projector; default: the encoder family's "
+        "(-2 as LLaVA for CLIP-like towers; -1 for qwen_vl_vit, which feeds its last block to the resampler).",
+    )
     feature_select: Literal["patch", "cls_patch"] = "patch"
-    image_size: int | None = Field(None, gt=0, description="Input resolution; default: the encoder's.")
+    image_size: int | None = Field(
+        None, gt=0, description="Input resolution; default: the encoder's own config (qwen_vl_vit as released: 448)."
+    )
 
 
 class ProjectorConfig(_Section):
@@ -54,7 +61,9 @@ class ProjectorConfig(_Section):
         "mlp2x_gelu", description="linear, identity, mlp{N}x_gelu (e.g. mlp2x_gelu), or cross_attn (Qwen-VL resampler)."
     )
     num_queries: int = Field(256, gt=0, description="cross_attn: learned queries = image tokens per image.")
-    num_heads: int | None = Field(None, gt=0, description="cross_attn: attention heads; default hidden/128.")
+    num_heads: int | None = Field(
+        None, gt=0, description="cross_attn: attention heads; default: LLM width // 128, as Qwen-VL and CodeFuse-VLM."
+    )
 
     @field_validator("type")
     @classmethod
@@ -67,7 +76,11 @@ class ProjectorConfig(_Section):
 
 
 class LLMConfig(_Section):
-    name_or_path: str | None = Field(None, description="Hub id or path of any AutoModelForCausalLM; null: random from `config`.")
+    name_or_path: str | None = Field(
+        None,
+        description="Hub id or path of any AutoModelForCausalLM; null: random from `config`. Checkpoints "
+        "transformers cannot load (Qwen v1, original LLaVA) are converted first with `vlm import`.",
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="transformers config overrides; must name model_type for random init."
     )
@@ -326,6 +339,23 @@ class ConfigError(ValueError):
     """A run config that cannot be used; the message says which field and why."""
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with 1.2's floats: PyYAML (YAML 1.1) reads ``1e-05`` (no dot, as Helm and Go write
+    small numbers) as a string, which free-form sections like ``model.llm.config`` pass on as is."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse run-config YAML (any document that may hold a run config: files, parameters, --set)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 _STAGE_LENGTHS = ("max_steps", "epochs")
 
 
@@ -350,7 +380,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. stages.align.max_steps=10)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {err}") from None
     return key.strip(), value
@@ -386,7 +416,7 @@ def load_config(url: str | Path) -> RunConfig:
     except FileNotFoundError:
         raise ConfigError(f"{url}: no such config file") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = read_yaml(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{url}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
