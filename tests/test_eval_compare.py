@@ -69,8 +69,10 @@ def test_unstated_protocols_and_missing_protocols_are_flagged():
 
 
 def test_submission_only_splits_say_so():
+    protocol = _result("vqav2_testdev", 0)["protocol"]
+    assert (protocol["split"], protocol["scorer"]["name"]) == ("test-dev", "vqav2") and "scored_by" in protocol
     testdev = {"benchmark": "vqav2_testdev", "submission": "s3://b/submissions/vqav2_testdev.json", "num_questions": 3,
-               "failed": [], "protocol": _result("vqav2_val", 0)["protocol"] | {"split": "test-dev"}}  # fmt: skip
+               "failed": [], "protocol": protocol}  # fmt: skip
     rows, _ = compare({"vqav2_testdev": testdev}, load_published()["llava-1.5-7b"])
     vqa = next(r for r in rows if r.task == "vqav2")
     assert vqa.ours is None and vqa.differences == ["submission only (s3://b/submissions/vqav2_testdev.json): scored by the evaluation server"]

@@ -88,12 +88,10 @@ class Benchmark(ABC):
         return SCORERS.get(self.scorer)
 
     def protocol(self, prompt: Prompt) -> dict:
-        return {
-            "task": self.task,
-            "split": self.split,
-            "prompt": prompt.describe(),
-            "scorer": self.scoring().describe() if self.scored else {"name": "evaluation server"},
-        }
+        protocol = {"task": self.task, "split": self.split, "prompt": prompt.describe(), "scorer": self.scoring().describe()}
+        if not self.scored:
+            protocol["scored_by"] = "evaluation server (submission file)"
+        return protocol
 
     name: str
 
