@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STAGE_NAMES = ("align", "instruct", "full")
+from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS
+
 Stage = Literal["align", "instruct", "full"]
+STAGE_NAMES: tuple[str, ...] = get_args(Stage)
 TrainablePart = Literal["vision", "projector", "llm"]
-DeepSpeedPreset = Literal["none", "zero2", "zero2_offload", "zero3", "zero3_offload"]
+# "none" is plain DDP; every other name is a registered preset (one list, never retyped).
+DeepSpeedPreset = Literal[("none", *DEEPSPEED_PRESETS.names())]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -111,6 +114,11 @@ class DataConfig(_Section):
     strict: bool = Field(False, description="Make the first bad sample an error instead of skipping it.")
     num_workers: int = Field(0, ge=0)
     packing: bool = Field(False, description="Padding-free packing of several samples per sequence.")
+    synthesize: str | None = Field(
+        None,
+        description="A folder URL: the staging step first writes the synthetic dataset there (`vlm synth`) "
+        "unless it holds one already, so a run needs no data prepared by hand (smoke runs, fresh clusters).",
+    )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -227,7 +235,6 @@ class ClusterConfig(_Section):
     ttl_seconds_after_finished: int | None = Field(86400, ge=0)
     active_deadline_seconds: int | None = Field(None, gt=0)
     elastic_min_nodes: int | None = Field(None, gt=0, description="Enable elasticPolicy with this many nodes at least.")
-    config_map: str | None = Field(None, description="ConfigMap holding the run config; default <name>-config.")
 
 
 # ----------------------------------------------------------------------------- the run config

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +58,12 @@ class StagePaths:
 
 def _ensure_process_group_env() -> None:
     """DeepSpeed always wants a process group; give a plain `vlm train` a world of one."""
+    from vlm_core.ports import free_port
+
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def init_distributed(cfg: RunConfig):
@@ -205,7 +203,7 @@ def find_resume_checkpoint(paths: StagePaths, state) -> str | None:
     if storage.is_local(paths.url):
         return local
     remote = newest_checkpoint(paths.checkpoints_url)
-    step = lambda p: int(CHECKPOINT_RE.match(p.rstrip("/").rsplit("/", 1)[-1]).group(1)) if p else -1  # noqa: E731
+    step = lambda p: int(CHECKPOINT_RE.match(p.rstrip("/").rsplit("/", 1)[-1]).group(1)) if p else -1
     if remote and step(remote) > step(local):
         target = os.path.join(paths.checkpoints_local, remote.rstrip("/").rsplit("/", 1)[-1])
         if state.is_local_main_process:
@@ -278,6 +276,9 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
     from vlm_core.train.trainer import VLMTrainer
 
     stage = cfg.stage(stage_name)
+    done = _completed_output(cfg, stage_name)
+    if done is not None:
+        return done
     state = init_distributed(cfg)
     paths = StagePaths.for_stage(cfg, stage_name)
     # Arguments before the model: with ZeRO-3 they install the HfDeepSpeedConfig that makes
@@ -314,17 +315,40 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
     trainer.train(resume_from_checkpoint=checkpoint)
     _report_bad_samples(dataset, state)
 
+    _save_final_model(cfg, stage_name, trainer, processor, paths, state)
+    return paths.url
+
+
+def _completed_output(cfg: RunConfig, stage_name: str) -> str | None:
+    """The stage's output URL when it already carries this config's completion marker: a replica
+    restarted after the stage finished (e.g. killed at the last barrier) has nothing to do."""
+    from vlm_core.completion import read_marker, stage_fingerprint
+
+    url = cfg.stage_output(stage_name)
+    marker = read_marker(url)
+    if marker is None or marker.get("fingerprint") != stage_fingerprint(cfg, stage_name):
+        return None
+    log.info("stage %s is complete (%s at step %s): nothing to train", stage_name, url, marker.get("global_step"))
+    return url
+
+
+def _save_final_model(cfg: RunConfig, stage_name: str, trainer, processor, paths: StagePaths, state) -> None:
+    """Write the final model, then (last, atomically) the completion marker the orchestrator
+    waits for: a stage whose final save was interrupted has no marker and is resumed."""
+    from vlm_core.completion import stage_fingerprint, write_marker
+
     # save_model must run on every rank: under ZeRO-3 it gathers the partitioned weights.
     trainer.save_model(paths.local)
     if state.is_main_process:
         processor.save_pretrained(paths.local)
-        if stage.lora is not None:
+        if cfg.stage(stage_name).lora is not None:
             _point_adapter_at_base(paths.local, cfg.resolve_init(stage_name))
         if not storage.is_local(paths.url):
             storage.upload_dir(paths.local, paths.url)
-        log.info("stage %s finished at step %d: %s", stage_name, trainer.state.global_step, paths.url)
+        step = trainer.state.global_step
+        write_marker(paths.url, stage_name, stage_fingerprint(cfg, stage_name), global_step=step, checkpoint=paths.url)
+        log.info("stage %s finished at step %d: %s", stage_name, step, paths.url)
     state.wait_for_everyone()
-    return paths.url
 
 
 def _point_adapter_at_base(folder: str, base_url: str | None) -> None:

@@ -69,6 +69,14 @@ class VLMTrainer(Trainer):
         self._last_log_time = time.perf_counter()
         return super().train(*args, **kwargs)
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the checkpoint of the planned last step (a replica restarted while the
+        # final model was being saved): the Trainer's loop would train one step more before it
+        # compares the step count with max_steps. Such a run trains nothing.
+        if self.state.global_step >= self.state.max_steps:
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
         dataset_index = inputs.pop("dataset_index", None)
