@@ -377,13 +377,22 @@ def make_handler(api: KubeAPI):
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a killed client hung up: not news
+            super().handle_error(request, client_address)
+
+
 class KubeServer:
     """The API server on 127.0.0.1; ``client(token)`` is a kubernetes ApiClient for a caller."""
 
     def __init__(self) -> None:
         self.api = KubeAPI()
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self.api))
-        self.http.daemon_threads = True
+        self.http = _Server(("127.0.0.1", 0), make_handler(self.api))
         self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
         self.thread = threading.Thread(target=self.http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
