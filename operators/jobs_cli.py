@@ -97,7 +97,8 @@ def submit_command(file, config, step, sets, context) -> None:
               help="local: the replicas as processes here; kubernetes: on the cluster, watched.")  # fmt: skip
 @click.option("--workdir", default="job-work", show_default=True, help="local: folder for volumes and replica logs.")
 @click.option("--timeout", type=float, help="Seconds before the job is stopped and failed.")
-def run_command(file, config, step, sets, backend, workdir, timeout) -> None:
+@click.option("--local", "_local", is_flag=True, hidden=True, help="Accepted for older command lines (= --backend local).")
+def run_command(file, config, step, sets, backend, workdir, timeout, _local) -> None:
     """Run a step's PyTorchJob to its end (locally with the training operator's env and restart rules)."""
     from operators.pytorchjob import job_backend
 

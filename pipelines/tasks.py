@@ -6,21 +6,25 @@ bodies can be called and tested without a pipeline.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import yaml
 
 from operators.orchestrator.plan import plan, training_order
-from operators.orchestrator.status import Tracker
+from operators.orchestrator.status import DONE, Tracker
 from operators.orchestrator.steps import (
     RunContext,
     StepFailed,
+    results_table,
     run_evaluation,
     run_staging,
     run_training_stage,
 )
 from vlm_core import storage
 from vlm_core.config import RunConfig, parse_config
+
+T = TypeVar("T")
 
 
 def load_task_config(config_yaml: str) -> RunConfig:
@@ -31,8 +35,18 @@ def load_task_config(config_yaml: str) -> RunConfig:
     return cfg
 
 
-def _context(cfg: RunConfig, backend: str) -> RunContext:
-    return RunContext(Tracker(cfg, backend, plan(cfg)), backend)
+def _run_step(cfg: RunConfig, backend: str, step: Callable[[RunContext], T]) -> T:
+    """One step, recorded in the run's status document; the task that completes the last step
+    marks the run succeeded (as the driver does at its end), a failing one marks it failed."""
+    ctx = RunContext(Tracker(cfg, backend, plan(cfg)), backend)
+    try:
+        value = step(ctx)
+    except StepFailed as err:
+        ctx.tracker.finish("failed", str(err))
+        raise
+    if all(s.state in DONE for s in ctx.tracker.doc.steps):
+        ctx.tracker.finish("succeeded", results=results_table(cfg))
+    return value
 
 
 def staging_task(config_yaml: str, overrides: dict[str, Any], stages: list[str], backend: str) -> str:
@@ -45,7 +59,7 @@ def staging_task(config_yaml: str, overrides: dict[str, Any], stages: list[str],
             f"this pipeline was compiled for the stages {' -> '.join(stages)}; the config has {have}: "
             "compile one for it with `vlm pipeline compile --config FILE`"
         )
-    return run_staging(_context(cfg, backend), cfg).to_yaml()
+    return _run_step(cfg, backend, lambda ctx: run_staging(ctx, cfg)).to_yaml()
 
 
 def training_task(config_yaml: str, stage: str, backend: str, init_from: str | None = None) -> str:
@@ -53,9 +67,9 @@ def training_task(config_yaml: str, stage: str, backend: str, init_from: str | N
     cfg = load_task_config(config_yaml)
     if init_from is not None:
         cfg = cfg.with_overrides({f"stages.{stage}.init_from": init_from}, source="upstream checkpoint")
-    return run_training_stage(_context(cfg, backend), cfg, stage)
+    return _run_step(cfg, backend, lambda ctx: run_training_stage(ctx, cfg, stage))
 
 
 def eval_task(config_yaml: str, backend: str, checkpoint: str) -> dict[str, float]:
     cfg = load_task_config(config_yaml)
-    return run_evaluation(_context(cfg, backend), cfg, checkpoint)
+    return _run_step(cfg, backend, lambda ctx: run_evaluation(ctx, cfg, checkpoint))

@@ -120,9 +120,10 @@ def status_table(doc: RunStatus) -> str:
     lines.append(f"output {doc.output}; started {doc.started}; updated {doc.updated}")
     rows = [("step", "state", "started", "finished", "detail")]
     for s in doc.steps:
-        detail = s.detail or s.checkpoint or (s.job if s.state == "running" else "") or ""
+        parts = [s.job if s.state == "running" else None, s.checkpoint, s.detail]
+        detail = " ".join(p for p in parts if p)
         if s.scores:
-            detail = ", ".join(f"{k} {v:.2f}" for k, v in s.scores.items() if not k.endswith("/num_questions"))
+            detail = ", ".join(f"{k} {v:.2f}" for k, v in s.scores.items() if k.endswith("accuracy"))
         rows.append((s.name, s.state, s.started or "-", s.finished or "-", detail))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
