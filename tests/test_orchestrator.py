@@ -125,6 +125,23 @@ def test_the_driver_runs_the_chain_in_order_within_the_chart_role(kube, cfg):
     assert evaluated.eval.checkpoint == cfg.stage_output("instruct")
 
 
+def test_the_launcher_role_is_exactly_what_the_driver_uses(kube, cfg, monkeypatch):
+    """Every rule of the chart's Role is needed (no more) and enough (every request passed): the
+    chain with logs followed, owned by the driver Job, after a crash that left align's ConfigMap."""
+    from operators.pytorchjob import build_config_map
+
+    kube.api.put("jobs", NS, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "demo-driver"}}, "ADDED")
+    kube.api.put("configmaps", NS, build_config_map(cfg, "align"), "ADDED")
+    monkeypatch.setenv("VLM_DRIVER_JOB", "demo-driver")
+    token = kube.api.service_account(NS, "vlm-launcher")
+    driver.run(cfg, "kubernetes", log=lambda s: None, backend_options={"api_client": kube.client(token)})
+    used = {(r.group, r.resource, r.verb) for who, r, _ in kube.api.requests if who == LAUNCHER}
+    (role,) = render_chart_rbac(NS)[0]
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert not kube.api.refused(LAUNCHER)
+    assert used == granted
+
+
 def cfg_path(cfg, *parts):
     from pathlib import Path
 
