@@ -67,7 +67,7 @@ def _ensure_process_group_env() -> None:
 
 
 def init_distributed(cfg: RunConfig):
-    """Create accelerate's state first: on CPU the Trainer must reuse a gloo group (DESIGN.md)."""
+    """Create accelerate's state first: on CPU the Trainer must reuse a gloo group (docs/ARCHITECTURE.md, "Training")."""
     import torch
     from accelerate import PartialState
 
