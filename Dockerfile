@@ -7,6 +7,9 @@
 # Two stages: DeepSpeed's fused ops need nvcc to compile, which only the (large) devel image
 # has; we build a DeepSpeed wheel there and install it into the (smaller) runtime image, so
 # pods never compile ops at start-up. Every version is pinned: bump them together.
+# No flash-attn: the shipped configs use torch's sdpa attention. tests/test_image.py reads this
+# file and keeps every shipped config's needs (attention, DeepSpeed, s3fs, a CUDA torch) and
+# every module the package imports within what it installs.
 # Not built in CI (no Docker there); the pins are the contract.
 
 ARG CUDA_TAG=12.8.1-cudnn

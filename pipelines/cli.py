@@ -50,18 +50,25 @@ def run_command(config: str, sets: tuple[str, ...], s3: bool, pipeline_root: str
         click.echo(run_local(config, sets=sets, s3=s3, pipeline_root=pipeline_root), nl=False)
 
 
+def _load(config: str):
+    """The run config at ``config``; a bad one is a one-line usage error, not a traceback."""
+    from vlm_core.config import ConfigError, load_config
+
+    try:
+        return load_config(config)
+    except ConfigError as err:
+        raise click.ClickException(str(err)) from None
+
+
 @pipeline_group.command("manifests")
-@click.option("--config", "config", default=None, help="Run config (default: the chart's example, charts/vlm-platform/run.yaml).")
+@click.option("--config", "config", default=None, help="Run config (default: the chart's example run, the quickstart on its PVC).")
 @click.option("-o", "--output", "output", default=None, help="Folder to write (default: manifests/).")
 def manifests_command(config: str | None, output: str | None) -> None:
-    """Write the kustomize base (`kubectl apply -k`) for a run config."""
-    from pipelines.chart_values import EXAMPLE_RUN_PATH
-    from pipelines.manifests import MANIFESTS_DIR, write_manifests
-    from vlm_core.config import load_config
+    """Write the kustomize base (`kubectl apply -k`): the Helm chart rendered for a run config."""
+    from pipelines.manifests import MANIFESTS_DIR, manifest_files, write_manifests
 
-    source = config or str(EXAMPLE_RUN_PATH)
-    label = config or "charts/vlm-platform/run.yaml"
-    for path in write_manifests(load_config(source), output or MANIFESTS_DIR, source=label):
+    files = manifest_files(_load(config), source=config) if config else manifest_files()
+    for path in write_manifests(files, output or MANIFESTS_DIR):
         click.echo(f"wrote {path}")
 
 
@@ -73,22 +80,20 @@ def chart_values_command(config: str | None, output: str | None, write: bool) ->
     """Helm values for a run config, or (--write) the chart's own generated files."""
     import yaml
 
-    from pipelines import chart_values as cv
-    from vlm_core.config import load_config
+    from pipelines import chart_values
 
+    if not (write or config):
+        raise click.UsageError("give --config FILE, --write, or both")
     if write:
-        click.echo(f"wrote {cv.write_values()}")
-        click.echo(f"wrote {cv.write_values_schema()}")
+        for path in chart_values.write_chart_files():
+            click.echo(f"wrote {path}")
     if config:
-        defaults = cv.values_document(cv.ChartValues(run=load_config(cv.EXAMPLE_RUN_PATH)))
-        text = yaml.safe_dump(cv.user_values(load_config(config), defaults), sort_keys=False)
+        text = yaml.safe_dump(chart_values.user_values(_load(config)), sort_keys=False)
         if output:
             with open(output, "w") as f:
                 f.write(text)
         else:
             click.echo(text, nl=False)
-    if not (write or config):
-        raise click.UsageError("give --config FILE, --write, or both")
 
 
 @pipeline_group.command("validate")

@@ -121,3 +121,13 @@ def test_override_values_read_as_yaml():
     assert parse_override("eval.limit=null") == ("eval.limit", None)
     with pytest.raises(ConfigError, match="not KEY=VALUE"):
         parse_override("distributed.nodes")
+
+
+def test_floats_written_without_a_dot_stay_floats(tmp_path):
+    """Helm (Go) writes 1e-05; YAML 1.1 would read that as a string and hand it to transformers."""
+    path = tmp_path / "run.yaml"
+    data = json.loads(json.dumps(MINIMAL))
+    data["model"] = {"llm": {"config": {"model_type": "llama", "rms_norm_eps": "EPS"}}}
+    path.write_text(json.dumps(data).replace('"EPS"', "1e-05"))
+    assert load_config(path).model.llm.config["rms_norm_eps"] == 1e-05
+    assert parse_override("stages.align.learning_rate=2e-5") == ("stages.align.learning_rate", 2e-5)

@@ -9,6 +9,7 @@ Loading errors name the field, the bad value and what is allowed, e.g.::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -326,6 +327,23 @@ class ConfigError(ValueError):
     """A run config that cannot be used; the message says which field and why."""
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with 1.2's floats: PyYAML (YAML 1.1) reads ``1e-05`` (no dot, as Helm and Go write
+    small numbers) as a string, which free-form sections like ``model.llm.config`` pass on as is."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse run-config YAML (any document that may hold a run config: files, parameters, --set)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 _STAGE_LENGTHS = ("max_steps", "epochs")
 
 
@@ -350,7 +368,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. stages.align.max_steps=10)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {err}") from None
     return key.strip(), value
@@ -386,7 +404,7 @@ def load_config(url: str | Path) -> RunConfig:
     except FileNotFoundError:
         raise ConfigError(f"{url}: no such config file") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = read_yaml(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{url}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

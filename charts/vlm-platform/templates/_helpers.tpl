@@ -1,35 +1,50 @@
-{{/* Names and labels shared by every object of a release. */}}
+{{/*
+Names, labels and pod settings shared by the install-time objects. The run-time objects (each
+stage's PyTorchJob, eval's) are built by the driver (operators/pytorchjob.py), never here.
+Labels name the run, not the release, so `helm install` and `kubectl apply -k manifests/`
+create the same objects (docs/ARCHITECTURE.md, "Platform").
+*/}}
 
-{{- define "vlm.name" -}}
-{{- .Values.run.name -}}
-{{- end -}}
-
-{{- define "vlm.labels" -}}
-app.kubernetes.io/name: vlm-platform
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: {{ include "vlm.name" . }}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- define "vlm.driverName" -}}
+{{- printf "%s-driver" .Values.run.name -}}
 {{- end -}}
 
 {{- define "vlm.configMapName" -}}
-{{- .Values.run.cluster.config_map | default (printf "%s-config" (include "vlm.name" .)) -}}
+{{- printf "%s-config" .Values.run.name -}}
 {{- end -}}
 
 {{- define "vlm.tensorboardName" -}}
-{{- printf "%s-tensorboard" (include "vlm.name" .) -}}
+{{- printf "%s-tensorboard" .Values.run.name -}}
 {{- end -}}
 
 {{- define "vlm.tensorboardLogDir" -}}
 {{- .Values.tensorboard.logDir | default (printf "%s/tensorboard" (trimSuffix "/" .Values.run.output)) -}}
 {{- end -}}
 
-{{/* Pod-level security: non-root, the runtime's default seccomp profile. */}}
+{{/* The run config the driver reads: the values' run, in the release namespace. */}}
+{{- define "vlm.runConfig" -}}
+{{- toYaml (mergeOverwrite (deepCopy .Values.run) (dict "cluster" (dict "namespace" .Release.Namespace))) -}}
+{{- end -}}
+
+{{/* Selector labels: stable for the life of an object (a Deployment's selector is immutable). */}}
+{{- define "vlm.selectorLabels" -}}
+app.kubernetes.io/name: vlm-platform
+app.kubernetes.io/instance: {{ .root.Values.run.name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Call with (dict "root" $ "component" "<what the object is for>"). */}}
+{{- define "vlm.labels" -}}
+{{ include "vlm.selectorLabels" . }}
+app.kubernetes.io/part-of: {{ .root.Values.run.name }}
+{{- end -}}
+
+{{/* Restricted Pod Security Standard; uid 1000 is the image's user (Dockerfile). */}}
 {{- define "vlm.podSecurityContext" -}}
 runAsNonRoot: true
-runAsUser: {{ .Values.securityContext.runAsUser }}
-runAsGroup: {{ .Values.securityContext.runAsGroup }}
-fsGroup: {{ .Values.securityContext.fsGroup }}
+runAsUser: 1000
+runAsGroup: 1000
+fsGroup: 1000
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
@@ -66,100 +81,37 @@ capabilities:
 {{- end }}
 {{- end -}}
 
-{{- define "vlm.scheduling" -}}
-{{- with .Values.run.cluster.scheduling }}
-{{- with .node_selector }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .tolerations }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with .priority_class }}
-priorityClassName: {{ . }}
+{{/* The run-config volume, the cache and the PVC, for a pod running `vlm`: (dict "root" $ "readOnly" bool). */}}
+{{- define "vlm.volumeMounts" -}}
+- name: config
+  mountPath: /etc/vlm
+  readOnly: true
+- name: cache
+  mountPath: /cache
+{{- with .root.Values.run.cluster.storage }}
+{{- if .pvc }}
+- name: storage
+  mountPath: {{ .pvc_mount }}
+  {{- if $.readOnly }}
+  readOnly: true
+  {{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}
 
-{{/* The pod template of every replica of a stage's PyTorchJob. */}}
-{{- define "vlm.pytorchjobPod" -}}
-{{- $root := .root }}
-{{- $run := $root.Values.run }}
-{{- $cluster := $run.cluster }}
-{{- $res := $cluster.resources }}
-metadata:
-  labels:
-    {{- toYaml .labels | nindent 4 }}
-  annotations:
-    # Which run config a pod started with (ConfigMaps change in place).
-    vlm-platform/config-sha256: {{ toYaml $run | sha256sum | trunc 16 }}
-    {{- with $root.Values.podAnnotations }}
-    {{- toYaml . | nindent 4 }}
+{{- define "vlm.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "vlm.configMapName" .root }}
+# Caches on a writable emptyDir: the image's non-root user has no home to write.
+- name: cache
+  emptyDir: {}
+{{- with .root.Values.run.cluster.storage.pvc }}
+- name: storage
+  persistentVolumeClaim:
+    claimName: {{ . }}
+    {{- if $.readOnly }}
+    readOnly: true
     {{- end }}
-spec:
-  serviceAccountName: {{ $cluster.service_account }}
-  securityContext:
-    {{- include "vlm.podSecurityContext" $root | nindent 4 }}
-  {{- include "vlm.scheduling" $root | nindent 2 }}
-  containers:
-    - name: pytorch
-      image: {{ $cluster.image }}
-      imagePullPolicy: {{ $cluster.image_pull_policy }}
-      command: ["torchrun"]
-      args: ["-m", "vlm_core.cli", "train", "--config", "/etc/vlm/config.yaml", "--stage", {{ .stage | quote }}, "--resume", "auto"]
-      env:
-        # Caches on a writable emptyDir: the image's non-root user has no home to write.
-        - name: HF_HOME
-          value: /cache/huggingface
-        - name: TORCH_EXTENSIONS_DIR
-          value: /cache/torch_extensions
-        {{- if .elastic }}
-        - name: PET_NPROC_PER_NODE
-          value: {{ $run.distributed.procs_per_node | quote }}
-        {{- end }}
-        {{- include "vlm.storageEnv" $root | nindent 8 }}
-      ports:
-        - name: pytorchjob-port
-          containerPort: 23456
-          protocol: TCP
-      resources:
-        requests:
-          cpu: {{ $res.cpu | quote }}
-          memory: {{ $res.memory | quote }}
-        limits:
-          cpu: {{ $res.cpu | quote }}
-          memory: {{ $res.memory | quote }}
-          {{- if gt (int $res.gpus_per_node) 0 }}
-          nvidia.com/gpu: {{ $res.gpus_per_node }}
-          {{- end }}
-      volumeMounts:
-        - name: config
-          mountPath: /etc/vlm
-          readOnly: true
-        - name: dshm
-          mountPath: /dev/shm
-        - name: cache
-          mountPath: /cache
-        {{- with $cluster.storage.pvc }}
-        - name: checkpoints
-          mountPath: {{ $cluster.storage.pvc_mount }}
-        {{- end }}
-      securityContext:
-        {{- include "vlm.containerSecurityContext" $root | nindent 8 }}
-  volumes:
-    - name: config
-      configMap:
-        name: {{ include "vlm.configMapName" $root }}
-    - name: dshm
-      emptyDir:
-        medium: Memory
-        sizeLimit: {{ $res.shm_size }}
-    - name: cache
-      emptyDir: {}
-    {{- with $cluster.storage.pvc }}
-    - name: checkpoints
-      persistentVolumeClaim:
-        claimName: {{ . }}
-    {{- end }}
+{{- end }}
 {{- end -}}
