@@ -255,6 +255,7 @@ def test_relative_paths_of_a_config_resolve_against_the_callers_directory(tmp_pa
 def test_replicas_left_by_a_killed_run_are_stopped_before_it_runs_again(tmp_path):
     """The caller of a job is SIGKILLed: its replicas (own sessions) keep running. Running the
     job again stops them first, so two copies never train into the same output."""
+    import contextlib
     import signal
     import subprocess
     import time
@@ -275,14 +276,19 @@ def test_replicas_left_by_a_killed_run_are_stopped_before_it_runs_again(tmp_path
     caller.send_signal(signal.SIGKILL)
     caller.wait()
     orphans = [int(p.read_text()) for p in pids.iterdir()]
-    assert all(_alive(pid) for pid in orphans)  # they outlived their caller
-    lines: list[str] = []
-    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][1] = "print('again')"
-    job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["args"][1] = "print('again')"
-    result = run_objects(objects, workdir=tmp_path / "work", secrets=SECRETS, timeout=60, log=lines.append)
-    assert result.succeeded
-    assert any("stopping 2 replica(s) left by an earlier run" in line for line in lines), lines
-    assert not any(_alive(pid) for pid in orphans)
+    try:
+        assert all(_alive(pid) for pid in orphans)  # they outlived their caller
+        lines: list[str] = []
+        for spec in job["spec"]["pytorchReplicaSpecs"].values():
+            spec["template"]["spec"]["containers"][0]["args"][1] = "print('again')"
+        result = run_objects(objects, workdir=tmp_path / "work", secrets=SECRETS, timeout=60, log=lines.append)
+        assert result.succeeded
+        assert any("stopping 2 replica(s) left by an earlier run" in line for line in lines), lines
+        assert not any(_alive(pid) for pid in orphans)
+    finally:
+        for pid in orphans:  # never leave them behind, whatever failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
