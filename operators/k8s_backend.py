@@ -16,17 +16,15 @@
   laptop) they carry the run's labels: ``kubectl delete pytorchjobs,configmaps -l
   app.kubernetes.io/part-of=<run>``.
 
-Every API call is one ``ApiRequest`` (verb, API group, resource, namespace, name): exactly the
-rules of the launcher Role (charts/vlm-platform/templates/rbac.yaml) and, when the server refuses
-one, a ``KubeApiError`` whose message is one line naming what was refused, to whom, and the rule
-that would allow it.
+Every API call is one ``ApiRequest`` (verb, API group, resource, namespace, name; see
+``operators/k8s_errors.py``): together exactly the rules of the launcher Role
+(charts/vlm-platform/templates/rbac.yaml). When the server refuses one, a ``KubeApiError`` says
+in one line what was refused, to whom, and the rule that would allow it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +35,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from operators.k8s_errors import ApiRequest, JobTimeout, KubeApiError, KubeConfigError, explain
 from operators.pytorchjob import (
     CONTAINER,
     GROUP,
@@ -52,63 +51,6 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 WATCH_SECONDS = 60  # server-side timeout of one watch; the loop reconnects
 DRIVER_ENV = "VLM_DRIVER_JOB"  # name of the batch/v1 Job that owns the run's objects
-RBAC_FILE = "charts/vlm-platform/templates/rbac.yaml"
-
-
-class JobTimeout(TimeoutError):
-    pass
-
-
-@dataclass(frozen=True)
-class ApiRequest:
-    """One call to the API server, in the terms of an RBAC rule."""
-
-    verb: str
-    group: str  # "" for the core API group
-    resource: str  # with its subresource: "pods/log"
-    namespace: str
-    name: str | None = None
-
-    def what(self) -> str:
-        kind = f"{self.resource}.{self.group}" if self.group else self.resource
-        return f'{kind} "{self.name}"' if self.name else kind
-
-    def rule(self) -> str:
-        return f'{{apiGroups: ["{self.group}"], resources: ["{self.resource}"], verbs: ["{self.verb}"]}}'
-
-
-class KubeApiError(RuntimeError):
-    """The API server refused a request, or could not be reached; ``str()`` is one line."""
-
-    def __init__(self, request: ApiRequest, status: int | None, message: str) -> None:
-        self.request, self.status = request, status
-        super().__init__(message)
-
-
-def explain(request: ApiRequest, err: ApiException) -> KubeApiError:
-    """The one-line error for a refused request: what, to whom, and how to allow it."""
-    try:
-        body = json.loads(err.body or "{}")
-    except (TypeError, ValueError):
-        body = {}
-    reason = body.get("reason") or err.reason or ""
-    message = " ".join(str(body.get("message") or err.reason or "").split())
-    where = f'{request.verb} {request.what()} in namespace "{request.namespace}"'
-    if err.status == 403:
-        user = re.search(r'User "([^"]+)"', message)
-        who = user.group(1) if user else "the current credentials"
-        text = (
-            f"Kubernetes refused to {where} for {who} (403 {reason or 'Forbidden'}): add the rule "
-            f"{request.rule()} to the Role bound to {who} ({RBAC_FILE})"
-        )
-    elif err.status == 404 and request.group == GROUP and request.name is None:
-        text = (
-            f"Kubernetes cannot {where} (404 {reason or 'NotFound'}): the cluster has no "
-            f"{request.resource}.{request.group}; install the Kubeflow training operator (its PyTorchJob CRD)"
-        )
-    else:
-        text = f"Kubernetes refused to {where} ({err.status} {reason}): {message}"
-    return KubeApiError(request, err.status, text)
 
 
 @dataclass
@@ -121,7 +63,13 @@ def load_kube_config(context: str | None = None) -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config(context=context)
+        try:
+            config.load_kube_config(context=context)
+        except (config.ConfigException, OSError) as err:
+            raise KubeConfigError(
+                f"no Kubernetes credentials: not in a pod, and the kubeconfig (KUBECONFIG or ~/.kube/config) "
+                f"gives none ({' '.join(str(err).split())})"
+            ) from None
 
 
 def terminal_condition(obj: dict[str, Any]) -> dict[str, Any] | None:

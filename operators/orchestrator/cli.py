@@ -17,7 +17,7 @@ SET_HELP = "Override one config value, e.g. stages.align.max_steps=10 (repeatabl
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Errors a user can act on become one line (exit 1), never a traceback."""
-    from operators.k8s_backend import KubeApiError
+    from operators.k8s_errors import JobTimeout, KubeApiError, KubeConfigError
     from operators.local_backend import LocalJobError
     from operators.orchestrator.steps import StepFailed
     from operators.validation import InvalidPyTorchJob
@@ -25,7 +25,7 @@ def one_line_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, StepFailed, KubeApiError, LocalJobError, InvalidPyTorchJob) as err:
+    except (ConfigError, StepFailed, KubeApiError, KubeConfigError, JobTimeout, LocalJobError, InvalidPyTorchJob) as err:
         raise click.ClickException(str(err)) from None
 
 
