@@ -233,17 +233,33 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _descendants(pids: list[int]) -> list[int]:
+    """Every process below ``pids``: torchrun starts its workers in sessions of their own, so
+    signalling a replica's process group alone would not reach them."""
+    import psutil
+
+    found: list[int] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    return found
+
+
 def _stop_groups(pgids: list[int], reap: Callable[[], object] = lambda: None) -> None:
-    """TERM, then KILL after a grace period, each process group (a replica's own session).
-    ``reap`` collects our own exited children: a zombie still counts as a group member."""
+    """TERM, then KILL after a grace period, each process group (a replica's own session) and
+    every process below it. ``reap`` collects our own exited children (a zombie still counts)."""
+    below = [pid for pid in _descendants(pgids) if pid not in pgids]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pgid in pgids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while time.monotonic() < deadline:
             reap()
-            if not any(_group_alive(pgid) for pgid in pgids):
+            if not any(map(_group_alive, pgids)) and not any(map(_running, below)):
                 return
             time.sleep(0.05)
 
@@ -253,6 +269,15 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
         return True
     except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
