@@ -13,9 +13,14 @@ from typing import Any
 
 
 def _state():
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    if torch.cuda.is_available():
+        return PartialState(backend="nccl")
+    # Without CUDA accelerate must be told it is a CPU job: otherwise its state is "not
+    # distributed" and gather_object / broadcast_object_list silently act per process.
+    return PartialState(cpu=True, backend="gloo")
 
 
 def _distributed() -> bool:
