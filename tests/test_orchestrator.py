@@ -20,7 +20,13 @@ from operators.orchestrator import driver
 from operators.orchestrator.plan import plan, training_order
 from operators.orchestrator.status import read_status
 from operators.orchestrator.steps import StepFailed
-from tests.kube_api import KubeServer, OperatorSimulator, condition, pretend_to_run, render_chart_rbac
+from tests.kube_api import (
+    KubeServer,
+    OperatorSimulator,
+    condition,
+    pretend_to_run,
+    render_chart_rbac,
+)
 from vlm_core.completion import MARKER, read_marker
 from vlm_core.config import ConfigError, parse_config
 from vlm_core.data.synth import generate
