@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 from tqdm.auto import tqdm
 
 from vlm_core import storage
-from vlm_core.config import DatasetSpec
+from vlm_core.config import DatasetSpec, RunConfig
 from vlm_core.data.readers import detect_format, open_source
 from vlm_core.data.shards import (
     TAR_TRAILER_MAX,
@@ -65,6 +65,66 @@ class StagingError(RuntimeError):
     """Staging finished but the destination failed verification."""
 
 
+def staged_url(cfg: RunConfig, name: str) -> str:
+    """Where the staging step puts dataset ``name`` of a run: ``<output>/data/<name>``."""
+    return storage.join(cfg.output, "data", name)
+
+
+def datasets_to_stage(cfg: RunConfig) -> list[str]:
+    """Names of the datasets some training stage reads that are not staged shards yet."""
+    used = {name for stage in cfg.stages.values() for name in stage.datasets}
+    return sorted(name for name in used if _format(cfg.data.datasets[name]) != "shards")
+
+
+def stage_config(
+    cfg: RunConfig, *, workers: int = 8, verify: bool = False, progress: bool = True
+) -> tuple[RunConfig, dict[str, Manifest]]:
+    """The staging step of a run: every dataset a stage uses (other than staged shards) goes to
+    ``<output>/data/<name>``; returns the config reading those copies, and their manifests.
+
+    A dataset staged before from the same source files with the same options is adopted as it
+    is: its source is not read and nothing is uploaded. The returned config names each staged
+    copy as ``{url, format: shards, weight}``, so every later step reads the shards.
+    """
+    manifests: dict[str, Manifest] = {}
+    overrides: dict[str, dict] = {}
+    for name in datasets_to_stage(cfg):
+        spec, dest = cfg.data.datasets[name], staged_url(cfg, name)
+        manifest = up_to_date_manifest(spec, dest)
+        if manifest is None:
+            manifest = stage_dataset(spec, dest, workers=workers, verify=verify, progress=progress)
+        else:
+            log.info("%s: %s is up to date (%d samples); not staged again", name, redact_url(dest), manifest.total_samples)
+        manifests[name] = manifest
+        overrides[f"data.datasets.{name}"] = {"url": dest, "format": "shards", "weight": spec.weight}
+    return cfg.with_overrides(overrides, source="staged config"), manifests
+
+
+def staging_options(spec: DatasetSpec, *, shard_samples: int, max_shard_bytes: int) -> dict:
+    """What, besides the source files, decides the staged bytes (recorded in the manifest)."""
+    reader = spec.model_dump(mode="json", exclude={"url", "weight"})
+    return {"reader": reader, "shard_samples": shard_samples, "max_shard_bytes": max_shard_bytes}
+
+
+def up_to_date_manifest(
+    spec: DatasetSpec,
+    dest_url: str,
+    *,
+    shard_samples: int = DEFAULT_SHARD_SAMPLES,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Manifest | None:
+    """The manifest at ``dest_url`` when it was staged from ``spec``'s unchanged source files
+    with the same options; ``None`` when the dataset must be staged (again)."""
+    try:
+        manifest = load_manifest(dest_url)
+    except ManifestError:
+        return None
+    options = staging_options(spec, shard_samples=shard_samples, max_shard_bytes=max_shard_bytes)
+    if manifest.source.options != options or manifest.source.url != redact_url(spec.url):
+        return None
+    return manifest if manifest.source.fingerprint == source_fingerprint(spec.url) else None
+
+
 def stage_dataset(
     spec: DatasetSpec,
     dest_url: str,
@@ -77,14 +137,23 @@ def stage_dataset(
 ) -> Manifest:
     """Stage the dataset a run config's ``spec`` describes (any reader format of
     ``vlm_core.data.readers``) to ``dest_url``, as the staging step and ``vlm stage`` do."""
-    fmt = detect_format(spec.url) if spec.format == "auto" else spec.format
+    fmt = _format(spec)
     if fmt == "shards":
         raise ValueError(f"{redact_url(spec.url)} is already a staged dataset; copy the folder instead of staging it again")
     source = open_source(spec.model_copy(update={"format": fmt}))
-    info = SourceInfo(url=redact_url(spec.url), format=fmt, fingerprint=source_fingerprint(spec.url))
+    info = SourceInfo(
+        url=redact_url(spec.url),
+        format=fmt,
+        fingerprint=source_fingerprint(spec.url),
+        options=staging_options(spec, shard_samples=shard_samples, max_shard_bytes=max_shard_bytes),
+    )
     return stage_source(
         source, dest_url, source_info=info, shard_samples=shard_samples, max_shard_bytes=max_shard_bytes, workers=workers, verify=verify, progress=progress
     )
+
+
+def _format(spec: DatasetSpec) -> str:
+    return detect_format(spec.url) if spec.format == "auto" else spec.format
 
 
 def stage_source(

@@ -73,6 +73,11 @@ class SourceInfo(_Frozen):
     url: str = Field(description="The source URL, without any user info.")
     format: str
     fingerprint: str = Field(description="sha256 over the source files' names, sizes and versions.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Everything besides the source files that decides the staged bytes (reader settings, shard sizes): "
+        "a dataset is up to date when fingerprint and options both match.",
+    )
 
 
 class Manifest(_Frozen):
