@@ -24,10 +24,11 @@ from operators.staging import DEFAULT_MAX_SHARD_BYTES, DEFAULT_SHARD_SAMPLES
 @click.option("--max-shard-bytes", type=click.IntRange(min=16 * 2**10), default=DEFAULT_MAX_SHARD_BYTES, show_default=True, help="Bytes per shard at most.")
 @click.option("--workers", type=click.IntRange(min=1), default=8, show_default=True, help="Parallel image reads and shard uploads.")
 @click.option("--verify", is_flag=True, help="Afterwards, download every shard again and check its sha256.")
+@click.option("--report", is_flag=True, help="Print the per-source table: rows, selected, written, skipped by reason (with ids).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every shard uploaded or skipped.")
 def stage_command(
     src: str | None, dest: str | None, config_url: str | None, image_root: str | None, fmt: str,
-    shard_samples: int, max_shard_bytes: int, workers: int, verify: bool, verbose: bool,
+    shard_samples: int, max_shard_bytes: int, workers: int, verify: bool, report: bool, verbose: bool,
 ) -> None:
     """Stage the dataset SRC (any reader format; any fsspec URL) into DEST, or with --config
     every dataset a run config's stages read.
@@ -58,3 +59,7 @@ def stage_command(
     for name, manifest in manifests.items():
         verified = " (verified)" if verify else ""
         click.echo(f"{name}: {manifest.total_samples} samples in {len(manifest.shards)} shards{verified}")
+    if report and manifests:
+        from vlm_core.data.report import staging_report
+
+        click.echo(staging_report(manifests))

@@ -378,12 +378,16 @@ class ParquetSource(Source):
             raise IndexError(f"index {index} out of range for {self._len} rows")
         g = bisect.bisect_right(self._starts, index) - 1
         row = self._row_group(self._groups[g]).slice(index - self._starts[g], 1).to_pylist()[0]
-        return RawSample(
-            id=str(row.get("id", index)),
-            images=[_resolve(self.image_root, ref) for ref in self._row_images(row)],
-            conversations=self._conversations(row),
-            meta={"source_row": index},
-        )
+        sample_id = str(row.get("id", index))
+        try:
+            return RawSample(
+                id=sample_id,
+                images=[_resolve(self.image_root, ref) for ref in self._row_images(row)],
+                conversations=self._conversations(row),
+                meta={"source_row": index},
+            )
+        except BadSample as bad:
+            raise bad.located(sample_id, self.url) from None
 
     def _row_images(self, row: dict[str, Any]) -> list[Any]:
         value = row.get(self._image_column) if self._image_column else None
