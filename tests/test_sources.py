@@ -166,6 +166,7 @@ def _llava_box(x, y, w, h, width, height):
 def test_visual_genome_vqa(tmp_path):
     urls = layouts.visual_genome(str(tmp_path))
     good, bad = _rows(DatasetSpec(url=urls["vqa"], format="visual_genome"))
+    assert [(b.sample_id, b.reason) for b in bad] == [("1-1", "no_answer"), ("3-0", "missing_image")]
     assert [(s.id, s.conversations) for s in good] == [
         ("1-0", [{"from": "human", "value": "What color is the clock?"}, {"from": "gpt", "value": "Green."}]),
         ("2-0", [{"from": "human", "value": "Who is ríding?"}, {"from": "gpt", "value": "A man."}]),
