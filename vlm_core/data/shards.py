@@ -36,7 +36,7 @@ import io
 import json
 import random
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
@@ -237,28 +237,40 @@ def length_index_name(sha256: str) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_shard(stream: IO[bytes]) -> Iterator[RawSample]:
-    """Samples of a shard, read front to back (tar streaming mode: no seeks)."""
+def read_shard(stream: IO[bytes], wanted: Container[int] | None = None) -> Iterator[RawSample]:
+    """Samples of a shard, read front to back (tar streaming mode: no seeks). With ``wanted``
+    (positions within the shard), only those samples are built; the others are passed over
+    without decoding their members."""
+    for _, sample in read_shard_positions(stream, wanted):
+        yield sample
+
+
+def read_shard_positions(stream: IO[bytes], wanted: Container[int] | None = None) -> Iterator[tuple[int, RawSample]]:
+    """``(position in the shard, sample)`` for each (wanted) sample of a shard."""
     key: str | None = None
     record: dict[str, Any] | None = None
     images: dict[int, bytes] = {}
+    position = -1
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
             member_key, _, field = member.name.partition(".")
             if member_key != key:
-                if key is not None:
-                    yield _sample(key, record, images)
+                if key is not None and (wanted is None or position in wanted):
+                    yield position, _sample(key, record, images)
                 key, record, images = member_key, None, {}
+                position += 1
+            if wanted is not None and position not in wanted:
+                continue
             data = tar.extractfile(member).read()
             if field == "json":
                 record = json.loads(data)
             else:
-                position, _, _ext = field.partition(".")
-                images[int(position)] = data
-        if key is not None:
-            yield _sample(key, record, images)
+                index, _, _ext = field.partition(".")
+                images[int(index)] = data
+        if key is not None and (wanted is None or position in wanted):
+            yield position, _sample(key, record, images)
 
 
 def _sample(key: str, record: dict[str, Any] | None, images: dict[int, bytes]) -> RawSample:
@@ -326,6 +338,17 @@ class ShardSource:
     def read(self, shard: ShardInfo) -> Iterator[RawSample]:
         data = storage.read_bytes(storage.join(self.url, shard.name))
         yield from read_shard(io.BytesIO(data))
+
+    # The block interface of streamed training sources (vlm_core/train/streaming.py): a list of
+    # (name, samples) known without reading, and the samples of one block at given positions.
+
+    def stream_blocks(self) -> list[tuple[str, int]]:
+        return [(s.name, s.samples) for s in self.manifest.shards]
+
+    def read_block(self, block: int, positions: Container[int]) -> dict[int, RawSample]:
+        """Samples at ``positions`` of shard ``block``: one GET, only those samples built."""
+        data = storage.read_bytes(storage.join(self.url, self.manifest.shards[block].name))
+        return dict(read_shard_positions(io.BytesIO(data), positions))
 
     def lengths(self) -> Any:
         """The length index: an int32 array (samples, 2) of (text-token proxy, image count) in

@@ -111,6 +111,13 @@ class WebDatasetSource:
         question = pick(CAPTION_PROMPTS, self.seed, key)
         return RawSample(id=key, images=[image], conversations=human_gpt(question, caption), meta={"url": meta.get("url")})
 
+    def stream_blocks(self) -> list[tuple[str, int]]:
+        """One block per tar: its kept rows (failed ones included: they are dropped when read)."""
+        return [(tar.url, sum(1 for i in range(len(tar.rows)) if self._keeps(tar.first_row + i))) for tar in self.tars]
+
+    def read_block(self, block: int, positions) -> dict[int, RawSample]:
+        return {i: row for i, row in enumerate(self.rows([self.tars[block]])) if i in positions and isinstance(row, RawSample)}
+
     def iter_samples(
         self, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1, epoch: int = 0, seed: int = 0, shuffle: bool = True
     ) -> Iterator[RawSample]:
