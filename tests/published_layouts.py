@@ -125,14 +125,14 @@ def _tar(members: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def img2dataset(root: str) -> str:
+def img2dataset(root: str, name: str = "cc3m") -> str:
     """img2dataset --output_format webdataset: 00000.tar holds key.jpg/.txt/.json of the rows that
     downloaded; 00000.parquet lists every row with its status (two dead links); 00001.tar came
     without its parquet and holds a row whose json says it failed, and an empty caption."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = storage.join(root, "cc3m")
+    folder = storage.join(root, name)
     rows, members = [], []
     for i, (status, caption) in enumerate([("success", "a bus on a street"), ("failed_to_download", "gone"),
                                            ("success", "two cats asleep"), ("failed_to_download", "gone too"),
