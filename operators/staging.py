@@ -194,33 +194,7 @@ def stage_source(
     dest_url = dataset_root(dest_url)
     dest = _Destination(dest_url)
     tally = _Tally()
-    with (
-        ThreadPoolExecutor(workers, thread_name_prefix="stage-read") as reads,
-        ThreadPoolExecutor(workers, thread_name_prefix="stage-put") as puts,
-        tqdm(total=len(source), unit="sample", desc=f"staging to {redact_url(dest_url)}", disable=not progress) as bar,
-    ):
-        waiting = threading.BoundedSemaphore(workers)
-        futures: list[Future[tuple[ShardInfo, bool]]] = []
-
-        def published(future: Future[tuple[ShardInfo, bool]]) -> None:
-            waiting.release()
-            if not future.cancelled() and future.exception() is None:
-                bar.update(future.result()[0].samples)
-
-        try:
-            packed = _packed_samples(source, reads, workers * 16, max_text_tokens)
-            for index, (data, samples) in enumerate(_build_shards(packed, shard_samples, max_shard_bytes, tally)):
-                waiting.acquire()
-                _raise_first_failure(futures)
-                future = puts.submit(dest.publish, index, data, samples)
-                future.add_done_callback(published)
-                futures.append(future)
-            results = [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-
+    results = _publish_shards(source, dest, tally, shard_samples, max_shard_bytes, max_text_tokens, workers, progress)
     shards = [shard for shard, _ in results]
     uploaded = sum(1 for _, was_uploaded in results if was_uploaded)
     index_info, index_uploaded = dest.publish_length_index(pack_length_index(tally.lengths))
@@ -248,6 +222,40 @@ def stage_source(
         if problems:
             raise StagingError(f"verification of {redact_url(dest_url)} failed:\n  " + "\n  ".join(problems))
     return manifest
+
+
+def _publish_shards(
+    source: Any, dest: _Destination, tally: _Tally, shard_samples: int, max_shard_bytes: int,
+    max_text_tokens: int | None, workers: int, progress: bool,
+) -> list[tuple[ShardInfo, bool]]:
+    """Build the shards in order and put them in place in parallel: ``(info, uploaded)`` each.
+    At most ``workers`` built shards wait for or are in upload, which bounds memory."""
+    with (
+        ThreadPoolExecutor(workers, thread_name_prefix="stage-read") as reads,
+        ThreadPoolExecutor(workers, thread_name_prefix="stage-put") as puts,
+        tqdm(total=len(source), unit="sample", desc=f"staging to {redact_url(dest.url)}", disable=not progress) as bar,
+    ):
+        waiting = threading.BoundedSemaphore(workers)
+        futures: list[Future[tuple[ShardInfo, bool]]] = []
+
+        def published(future: Future[tuple[ShardInfo, bool]]) -> None:
+            waiting.release()
+            if not future.cancelled() and future.exception() is None:
+                bar.update(future.result()[0].samples)
+
+        try:
+            packed = _packed_samples(source, reads, workers * 16, max_text_tokens)
+            for index, (data, samples) in enumerate(_build_shards(packed, shard_samples, max_shard_bytes, tally)):
+                waiting.acquire()
+                _raise_first_failure(futures)
+                future = puts.submit(dest.publish, index, data, samples)
+                future.add_done_callback(published)
+                futures.append(future)
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def verify_dataset(dest_url: str, *, workers: int = 8, progress: bool = False) -> list[str]:

@@ -244,3 +244,22 @@ def test_staging_keeps_web_encodings_and_reencodes_the_rest(tmp_path):
     assert ext == "png" and Image.open(io.BytesIO(data)).getpixel((0, 0)) == (1, 2, 3)
     with pytest.raises(BadSample, match="corrupt_image"):
         _load_image(b"\x89PNG\r\n\x1a\n broken")
+
+
+def test_vlm_data_inspect_shows_counts_lengths_and_samples(tmp_path):
+    from click.testing import CliRunner
+
+    from vlm_core.data.cli import data_group
+
+    url = layouts.llava_mix(str(tmp_path))
+    stage_dataset(DatasetSpec(url=url), str(tmp_path / "staged"), progress=False)
+    result = CliRunner().invoke(data_group, ["inspect", str(tmp_path / "staged" / "manifest.json"), "--samples", "2"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "6 samples in 1 shards" in out and "rows 8, selected 8, skipped 2 (duplicate id 1, missing image 1)" in out
+    assert "with images: 5, text-only: 1" in out
+    histogram = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "-" in line.split()[0]]
+    assert sum(int(cells[1]) for cells in histogram) == 6  # every sample in one bucket of the length histogram
+    assert "-- 000000033471 images: 12x8" in out and "gpt: The bus in the image is white and red." in out
+    missing = CliRunner().invoke(data_group, ["inspect", str(tmp_path / "nothing")])
+    assert missing.exit_code == 1 and "not a staged dataset" in missing.output
