@@ -61,12 +61,23 @@ def _rank_and_world() -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Block:
-    """Plan entries of one block: ``positions`` within the block (shards, tars) or indices into
-    a random-access source, in the order they are read."""
+    """Plan entries of one block: positions within a streamed block (a shard, a tar), shuffled
+    by ``key`` and cut to ``size``, or ``indices`` into a random-access source. Only ``size`` is
+    needed to pass a block over, so the order is made only for blocks that are read."""
 
     source: int
     block: int  # index into the source's stream_blocks(), or -1 for a random-access chunk
-    positions: tuple[int, ...]
+    size: int
+    samples: int = 0  # samples in the streamed block
+    key: str = ""
+    indices: tuple[int, ...] = ()
+
+    def positions(self) -> list[int]:
+        if self.block < 0:
+            return list(self.indices)
+        order = list(range(self.samples))
+        random.Random(self.key).shuffle(order)
+        return order[: self.size]
 
 
 @dataclass
@@ -121,33 +132,31 @@ class StreamingMixture(IterableDataset):
                     named, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=workers, epoch=epoch, seed=self.seed
                 )
                 for index, (name, samples) in mine:
-                    order = list(range(samples))
-                    random.Random(f"{self.seed}:{epoch}:{name}").shuffle(order)
-                    blocks.append(Block(d, index, tuple(order[: round(samples * keep)])))
+                    blocks.append(Block(d, index, round(samples * keep), samples, f"{self.seed}:{epoch}:{name}"))
             else:
                 slot, slots = self.rank * workers + worker, self.world_size * workers
                 order = np.random.default_rng([self.seed, epoch]).permutation(len(source))[slot::slots]
                 order = order[: round(len(order) * keep)].tolist()
-                blocks += [Block(d, -1, tuple(order[i : i + CHUNK])) for i in range(0, len(order), CHUNK)]
-        return [b for b in blocks if b.positions]
+                blocks += [Block(d, -1, len(order[i : i + CHUNK]), indices=tuple(order[i : i + CHUNK])) for i in range(0, len(order), CHUNK)]
+        return [b for b in blocks if b.size]
 
     def _windows(self, worker: int, workers: int, round_: int) -> list[list[Block]]:
         """This consumer's blocks of one round, sources interleaved, in windows."""
         queues = [self._source_blocks(d, worker, workers, round_) for d in range(len(self.sources))]
-        left = [sum(len(b.positions) for b in q) for q in queues]
+        left = [sum(b.size for b in q) for q in queues]
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, round_])
         order: list[Block] = []
         while any(left):
             p = np.array(left, dtype=np.float64)
             d = int(rng.choice(len(left), p=p / p.sum()))
             block = queues[d].pop(0)
-            left[d] -= len(block.positions)
+            left[d] -= block.size
             order.append(block)
         return [order[i : i + WINDOW_BLOCKS] for i in range(0, len(order), WINDOW_BLOCKS)]
 
     def _window_entries(self, window: list[Block], key: list[int]) -> list[tuple[int, int, int]]:
         """(source, block, position) of a window's samples in reading order."""
-        entries = [(b.source, b.block, pos) for b in window for pos in b.positions]
+        entries = [(b.source, b.block, pos) for b in window for pos in b.positions()]
         rng = np.random.default_rng(key)
         if self.group_by_length is None:
             return [entries[i] for i in rng.permutation(len(entries))]
@@ -192,7 +201,7 @@ class StreamingMixture(IterableDataset):
                     f"than ranks x data-loader workers ({self.world_size} x {workers}); stage with smaller shards or use fewer workers"
                 )
             for w, window in enumerate(windows):
-                size = sum(len(b.positions) for b in window)
+                size = sum(b.size for b in window)
                 if number + size > start:
                     entries = self._window_entries(window, [self.seed, self.epoch, self.rank, worker, round_, w])
                     skip = max(start - number, 0)
