@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 CHUNK = 1 << 20
+RECORD_CHUNK = 4096  # first read of a record by offset; doubled until the record is complete
 _DECODER = json.JSONDecoder()
 _SPACE = " \t\r\n"
 
@@ -23,8 +24,8 @@ _SPACE = " \t\r\n"
 class _Window:
     """Text of a UTF-8 byte stream, consumed from the front, with byte offsets kept exact."""
 
-    def __init__(self, stream: IO[bytes], start: int = 0) -> None:
-        self.stream = stream
+    def __init__(self, stream: IO[bytes], start: int = 0, chunk: int = CHUNK) -> None:
+        self.stream, self.chunk = stream, chunk
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.text = ""
         self.pos = 0  # index into text
@@ -34,7 +35,8 @@ class _Window:
     def more(self) -> bool:
         if self.eof:
             return False
-        data = self.stream.read(CHUNK)
+        data = self.stream.read(self.chunk)
+        self.chunk = min(self.chunk * 2, CHUNK)  # a record read by offset starts small and grows
         self.eof = not data
         self.text = self.text[self.pos :] + self.decoder.decode(data, final=self.eof)
         self.pos = 0
@@ -106,6 +108,6 @@ def iter_object(stream: IO[bytes]) -> Iterator[tuple[int, str, Any]]:
 
 
 def read_record(stream: IO[bytes], offset: int) -> Any:
-    """The JSON value at byte ``offset`` of a seekable ``stream``."""
+    """The JSON value at byte ``offset`` of a seekable ``stream`` (reads about its own size)."""
     stream.seek(offset)
-    return _Window(stream, offset).value()
+    return _Window(stream, offset, chunk=RECORD_CHUNK).value()
