@@ -150,3 +150,47 @@ def test_parts_keep_the_implementation_they_were_loaded_with(checkpoints):
     assert model.language_model.config._attn_implementation == "eager"
     assert model.config.text_config is model.language_model.config
     assert model.vision_tower.model.config._attn_implementation is not None
+
+
+def _llava_reference(model, tower: str):
+    """transformers' Llava holding our model's weights (tower and LLM as loaded, our projector)."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig(
+        vision_config=model.vision_tower.model.config.to_dict(), text_config=model.language_model.config.to_dict(),
+        image_token_index=model.config.image_token_id, vision_feature_layer=-1,
+        vision_feature_select_strategy="default" if tower == "clip" else "full", projector_hidden_act="gelu",
+    )
+    reference = LlavaForConditionalGeneration(config)
+    reference.model.vision_tower.load_state_dict(model.vision_tower.model.state_dict())
+    reference.model.language_model.load_state_dict(model.language_model.model.state_dict())
+    reference.lm_head.load_state_dict(model.language_model.lm_head.state_dict())
+    reference.model.multi_modal_projector.load_state_dict(
+        {f"linear_{1 if k[0] == '0' else 2}.{k.split('.')[1]}": v for k, v in model.projector.state_dict().items()})
+    return reference
+
+
+@pytest.mark.parametrize("llm,tower", [("llama", "clip"), ("qwen2", "siglip"), ("mistral", "clip")])
+def test_first_image_batch_loss_equals_transformers_llava(checkpoints, llm, tower):
+    """Train mode, a right-padded batch of two image conversations: our first loss is Llava's."""
+    from vlm_core.data.templates import get_template
+
+    model, processor = _build(checkpoints, llm, tower)
+    reference = _llava_reference(model, tower)
+    model.train()
+    reference.train()
+    template = get_template("vicuna_v1")
+    rows = [template.encode([{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}],
+                            processor.tokenizer, processor.image_token_id, processor.num_image_tokens)
+            for q, a in (("what colour is the shape?", "red"), ("circle?", "a red circle in the top left"))]
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((2, width), processor.tokenizer.pad_token_id)
+    labels = torch.full((2, width), -100)
+    mask = torch.zeros_like(ids)
+    for row, (row_ids, row_labels) in enumerate(rows):
+        ids[row, : len(row_ids)], labels[row, : len(row_ids)] = torch.tensor(row_ids), torch.tensor(row_labels)
+        mask[row, : len(row_ids)] = 1
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    ours = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
+    theirs = reference(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)

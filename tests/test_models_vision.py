@@ -73,3 +73,31 @@ def test_config_overrides_and_auto():
         build_vision_tower(VisionConfig(encoder="auto"))
     with pytest.raises(KeyError, match="unknown vision encoder 'clipp'"):
         build_vision_tower(VisionConfig(encoder="clipp"))
+
+
+@pytest.mark.parametrize("family,expected", [("clip", -2), ("siglip", -2), ("dinov2", -2), ("qwen_vl_vit", -1)])
+def test_feature_layer_defaults_to_the_family_s(family, expected):
+    """LLaVA takes CLIP-like towers' second-to-last layer; Qwen-VL feeds its ViT's last block (no final
+    norm) to the resampler, so dropping it would also leave real weights unloadable."""
+    from vlm_core.models.vision import feature_layer
+
+    assert feature_layer(VisionConfig(encoder=family)) == expected
+    assert feature_layer(VisionConfig(encoder=family, feature_layer=-3)) == -3
+    tower = build_vision_tower(VisionConfig(encoder=family))
+    assert tower.model.config.num_hidden_layers == (2 if expected == -1 else 1)  # the tiny preset has 2
+
+
+def test_codefuse_config_builds_qwen_vl_s_architecture():
+    """configs/codefuse-vlm-14b.yaml: every ViT block, 448 px as released, 40 resampler heads at 5120."""
+    from pathlib import Path
+
+    from vlm_core.config import load_config
+    from vlm_core.models.projectors import build_projector
+    from vlm_core.models.qwen_vl_vit import QwenVLViTConfig
+    from vlm_core.models.vision import feature_layer
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "codefuse-vlm-14b.yaml").model
+    assert feature_layer(cfg.vision) == -1 and cfg.vision.image_size is None and QwenVLViTConfig().image_size == 448
+    with torch.device("meta"):
+        projector = build_projector(cfg.projector, 1664, 5120, 32 * 32)
+    assert projector.attn_pool.attn.num_heads == 40 and projector.attn_pool.query.shape == (256, 5120)

@@ -27,11 +27,19 @@ from vlm_core.data.types import RawSample
 INFO = SourceInfo(url="memory", format="list", fingerprint="0" * 64)
 
 
+def _png(i: int, size: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, 4), (i % 256, 7, 9)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _samples(n: int) -> list[RawSample]:
     return [
         RawSample(
             id=f"s{i}",
-            images=[bytes([i % 256]) * (10 + i), b"\x00second"] if i % 3 else [],
+            images=[_png(i, 10 + i), _png(i, 2)] if i % 3 else [],
             conversations=[{"from": "human", "value": f"question {i} — ünïcode"}, {"from": "gpt", "value": str(i)}],
         )
         for i in range(n)
@@ -99,7 +107,7 @@ def test_missing_and_unsupported_manifests_are_explained(tmp_path, staged):
     path = tmp_path / "staged" / "manifest.json"
     data = json.loads(path.read_text())
     path.write_text(json.dumps({**data, "schema_version": 99}))
-    with pytest.raises(ManifestError, match="schema_version 99; this reader supports 1"):
+    with pytest.raises(ManifestError, match="schema_version 99; this reader supports 2"):
         ShardSource(staged)
     path.write_text(json.dumps({**data, "total_samples": 5}))
     with pytest.raises(ManifestError, match="total_samples is 5 but the shards hold 23"):

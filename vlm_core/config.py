@@ -48,9 +48,15 @@ class VisionConfig(_Section):
     config: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of the encoder's transformers config (random init or pretrained)."
     )
-    feature_layer: int = Field(-2, description="Hidden-state layer whose features feed the projector.")
+    feature_layer: int | None = Field(
+        None,
+        description="Hidden-state layer whose features feed the projector; default: the encoder family's "
+        "(-2 as LLaVA for CLIP-like towers; -1 for qwen_vl_vit, which feeds its last block to the resampler).",
+    )
     feature_select: Literal["patch", "cls_patch"] = "patch"
-    image_size: int | None = Field(None, gt=0, description="Input resolution; default: the encoder's.")
+    image_size: int | None = Field(
+        None, gt=0, description="Input resolution; default: the encoder's own config (qwen_vl_vit as released: 448)."
+    )
 
 
 class ProjectorConfig(_Section):
@@ -58,7 +64,9 @@ class ProjectorConfig(_Section):
         "mlp2x_gelu", description="linear, identity, mlp{N}x_gelu (e.g. mlp2x_gelu), or cross_attn (Qwen-VL resampler)."
     )
     num_queries: int = Field(256, gt=0, description="cross_attn: learned queries = image tokens per image.")
-    num_heads: int | None = Field(None, gt=0, description="cross_attn: attention heads; default hidden/128.")
+    num_heads: int | None = Field(
+        None, gt=0, description="cross_attn: attention heads; default: LLM width // 128, as Qwen-VL and CodeFuse-VLM."
+    )
 
     @field_validator("type")
     @classmethod
@@ -71,7 +79,11 @@ class ProjectorConfig(_Section):
 
 
 class LLMConfig(_Section):
-    name_or_path: str | None = Field(None, description="Hub id or path of any AutoModelForCausalLM; null: random from `config`.")
+    name_or_path: str | None = Field(
+        None,
+        description="Hub id or path of any AutoModelForCausalLM; null: random from `config`. Checkpoints "
+        "transformers cannot load (Qwen v1, original LLaVA) are converted first with `vlm import`.",
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="transformers config overrides; must name model_type for random init."
     )
@@ -100,11 +112,80 @@ class ModelConfig(_Section):
 # ----------------------------------------------------------------------------- data
 
 
+def _reader_names_schema(schema: dict[str, Any]) -> None:
+    # The allowed formats are the READERS registry's names, looked up when the schema is made
+    # (importing the readers here would be circular), so the schema never retypes them.
+    from vlm_core.data.readers import READERS
+
+    schema["enum"] = ["auto", *READERS.names()]
+
+
 class DatasetSpec(_Section):
-    url: str = Field(description="LLaVA .json/.jsonl, parquet (file or folder), or a staged shard folder (manifest.json).")
-    image_root: str | None = Field(None, description="URL that relative image paths resolve against.")
-    format: Literal["auto", "llava_json", "llava_jsonl", "parquet", "shards"] = "auto"
+    """One dataset of a run: where it is, which reader reads it, and how much of it to use."""
+
+    url: str = Field(
+        description="The dataset: a file (.json, .jsonl, .parquet, question_answers.json, dataset.json ...) or a "
+        "folder (parquet files, img2dataset tar shards, a staged dataset's manifest.json)."
+    )
+    image_root: str | None = Field(None, description="URL that relative image paths resolve against; default: the url's folder.")
+    format: str = Field(
+        "auto",
+        description="Reader (vlm_core.data.readers.READERS); auto tells .json/.jsonl/.parquet and staged folders apart.",
+        json_schema_extra=_reader_names_schema,
+    )
     weight: float = Field(1.0, gt=0, description="Relative sampling weight when several datasets are mixed.")
+    limit: int | None = Field(None, gt=0, description="Keep a seeded random subset of at most this many samples.")
+    fraction: float | None = Field(None, gt=0, le=1, description="Keep a seeded random subset of this fraction of the samples.")
+    seed: int = Field(0, description="Seed of the downsampling and of prompts chosen from a list.")
+    split: str | None = Field(None, description="Keep only this split (ocr_vqa: train/val/test; synthdog: train/validation).")
+    box_format: Literal["llava", "qwen_vl"] = Field(
+        "llava",
+        description="visual_genome boxes: llava = LLaVA-1.5's [x1, y1, x2, y2] relative to the padded square image; "
+        "qwen_vl = Qwen-VL's <ref>..</ref><box>(x1,y1),(x2,y2)</box> on 0-1000.",
+    )
+    turns_per_sample: int = Field(
+        1, gt=0, description="visual_genome / ocr_vqa: question-answer pairs (or regions) of one image per sample."
+    )
+    language: Literal["en", "zh"] = Field("en", description="synthdog: language of the OCR prompts.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from vlm_core.data.readers import READERS
+
+        if value != "auto" and value not in READERS:
+            raise ValueError(f"unknown dataset format {value!r}; allowed: auto, {', '.join(READERS.names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_format(self) -> DatasetSpec:
+        from vlm_core.data.readers import reader_options
+
+        if self.limit is not None and self.fraction is not None:
+            raise ValueError("give at most one of limit and fraction")
+        if self.format == "auto":
+            return self
+        accepted, splits = reader_options(self.format)
+        for name in sorted(FORMAT_OPTIONS - accepted):
+            if getattr(self, name) != type(self).model_fields[name].default:
+                takers = ", ".join(_formats_taking(name)) or "none"
+                raise ValueError(f"{name} does not apply to format {self.format!r} (formats that take it: {takers})")
+        if self.split is not None:
+            if not splits:
+                raise ValueError(f"format {self.format!r} has no splits; remove split")
+            if self.split not in splits:
+                raise ValueError(f"unknown split {self.split!r} for format {self.format!r}; allowed: {', '.join(splits)}")
+        return self
+
+
+# Fields of DatasetSpec that only some readers understand (each reader declares which).
+FORMAT_OPTIONS = frozenset({"box_format", "turns_per_sample", "language"})
+
+
+def _formats_taking(option: str) -> list[str]:
+    from vlm_core.data.readers import READERS, reader_options
+
+    return [name for name in READERS.names() if option in reader_options(name)[0]]
 
 
 class DataConfig(_Section):

@@ -23,6 +23,7 @@ from typing import Any
 from operators.orchestrator.plan import STAGING, eval_checkpoint
 from operators.orchestrator.status import Tracker
 from operators.pytorchjob import EVAL, JobBackend, job_backend, job_name, render_job
+from operators.staging import datasets_to_stage, stage_config, staged_url
 from vlm_core import storage
 from vlm_core.completion import fingerprint, read_marker, stage_fingerprint, write_marker
 from vlm_core.config import RunConfig
@@ -61,29 +62,12 @@ def backend_options(cfg: RunConfig, backend: str, log: Callable[[str], None]) ->
 
 
 def staging_dir(cfg: RunConfig) -> str:
-    return storage.join(cfg.output, "data")
-
-
-def _datasets_to_stage(cfg: RunConfig) -> list[str]:
-    used = {name for stage in cfg.stages.values() for name in stage.datasets}
-    return sorted(n for n in used if cfg.data.datasets[n].format != "shards")
+    """Where staging puts every dataset (``staging.staged_url``) and its completion marker."""
+    return storage.parent(staged_url(cfg, "_"))
 
 
 def _staging_fingerprint(cfg: RunConfig) -> str:
-    return fingerprint({"data": cfg.data.model_dump(mode="json"), "staged": _datasets_to_stage(cfg)})
-
-
-def stage_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
-    """Stage every dataset a training stage reads to ``<output>/data/<name>``; the config reading
-    the staged copies. (The data branch's ``operators.staging.stage_config`` replaces this.)"""
-    from operators.staging import stage_dataset
-
-    manifests, overrides = {}, {}
-    for name in _datasets_to_stage(cfg):
-        spec, dest = cfg.data.datasets[name], storage.join(staging_dir(cfg), name)
-        manifests[name] = stage_dataset(spec, dest)
-        overrides[f"data.datasets.{name}"] = {"url": dest, "format": "shards", "weight": spec.weight}
-    return cfg.with_overrides(overrides, source="staged config"), manifests
+    return fingerprint({"data": cfg.data.model_dump(mode="json"), "staged": datasets_to_stage(cfg)})
 
 
 def synthesize(cfg: RunConfig, log: Callable[[str], None]) -> None:
@@ -106,11 +90,11 @@ def run_staging(ctx: RunContext, cfg: RunConfig) -> RunConfig:
     ctx.tracker.transition(STAGING, "running")
     try:
         synthesize(cfg, ctx.log)
-        staged, _ = stage_config(cfg)
+        staged, _ = stage_config(cfg)  # datasets staged before from unchanged sources are adopted
     except Exception as err:
         ctx.tracker.transition(STAGING, "failed", detail=_one_line(err))
         raise StepFailed(f"staging failed: {_one_line(err)}") from err
-    datasets = {n: staged.data.datasets[n].model_dump(mode="json") for n in _datasets_to_stage(cfg)}
+    datasets = {n: staged.data.datasets[n].model_dump(mode="json") for n in datasets_to_stage(cfg)}
     write_marker(staging_dir(cfg), STAGING, _staging_fingerprint(cfg), datasets=datasets)
     ctx.tracker.transition(STAGING, "succeeded", detail=f"{len(datasets)} dataset(s) staged")
     return staged

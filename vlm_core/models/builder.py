@@ -6,31 +6,39 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PretrainedConfig,
+)
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from vlm_core.config import ModelConfig
+from vlm_core.models.foreign import check_loadable
 from vlm_core.models.modeling_vlm import VLMConfig, VLMForConditionalGeneration
 from vlm_core.models.processor import VLMProcessor
 from vlm_core.models.tokenizer import IMAGE_TOKEN, PAD_TOKEN, train_bpe_tokenizer
 from vlm_core.models.vision import (
     VisionTower,
     build_vision_tower,
+    feature_layer,
     pretrained_image_processor,
     vision_model_config,
 )
 
 # The tiny LLM (DESIGN.md): Llama-style, width 128, 2 layers, 4 heads.
-TINY_LLM: dict[str, Any] = dict(
-    model_type="llama",
-    hidden_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    intermediate_size=256,
-    max_position_embeddings=4096,
-    tie_word_embeddings=False,
-)
+TINY_LLM: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "intermediate_size": 256,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
 
 
 def build_tokenizer(
@@ -40,6 +48,7 @@ def build_tokenizer(
     path = model_cfg.tokenizer.name_or_path or model_cfg.llm.name_or_path
     if path is None:
         return train_bpe_tokenizer(tokenizer_texts, model_cfg.tokenizer.train_vocab_size, special_tokens)
+    check_loadable(path, "model.tokenizer.name_or_path" if model_cfg.tokenizer.name_or_path else "model.llm.name_or_path")
     tokenizer = AutoTokenizer.from_pretrained(path)
     missing = [t for t in (IMAGE_TOKEN, *special_tokens) if t not in tokenizer.get_vocab()]
     if missing:
@@ -68,6 +77,7 @@ def _text_config(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def _pretrained_llm(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase):
+    check_loadable(model_cfg.llm.name_or_path, "model.llm.name_or_path")
     kwargs: dict[str, Any] = dict(model_cfg.llm.config)
     if model_cfg.llm.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.llm.attn_implementation
@@ -97,7 +107,7 @@ def build_vlm(
 
     pretrained_tower: VisionTower | None = build_vision_tower(vision) if vision.name_or_path else None
     vision_config = pretrained_tower.model.config if pretrained_tower else vision_model_config(vision)
-    feature_layer = pretrained_tower.feature_layer if pretrained_tower else vision.feature_layer
+    layer = pretrained_tower.feature_layer if pretrained_tower else feature_layer(vision)
     language_model = _pretrained_llm(model_cfg, tokenizer) if model_cfg.llm.name_or_path else None
     text_config = language_model.config if language_model is not None else _text_config(model_cfg, tokenizer)
 
@@ -105,7 +115,7 @@ def build_vlm(
         vision_config=vision_config,
         text_config=text_config,
         vision_encoder=vision.encoder,
-        feature_layer=feature_layer,
+        feature_layer=layer,
         feature_select=vision.feature_select,
         projector_type=model_cfg.projector.type,
         projector_num_queries=model_cfg.projector.num_queries,

@@ -57,7 +57,8 @@ class VLMProcessor:
         self.image_token_id: int = image_token_id
 
     def _background(self) -> tuple[int, ...]:
-        return tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
+        # LLaVA's expand2square colour, truncated as LLaVA does: tuple(int(x * 255) for x in image_mean)
+        return tuple(int(m * 255) for m in self.image_processor.image_mean)
 
     def process_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """``n`` PIL images -> ``(n, 3, image_size, image_size)`` normalised pixels."""

@@ -15,6 +15,8 @@ split), not as ``[Q | K | V]`` like ``nn.MultiheadAttention``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -109,7 +111,7 @@ class QwenVLViTPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["QwenVLResidualBlock"]
+    _no_split_modules: ClassVar[list[str]] = ["QwenVLResidualBlock"]
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:

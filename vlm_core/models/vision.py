@@ -35,7 +35,12 @@ from transformers.image_processing_utils import BaseImageProcessor
 from transformers.utils import is_torchvision_available
 
 if is_torchvision_available():
-    from transformers import BitImageProcessor, ChineseCLIPImageProcessor, CLIPImageProcessor, SiglipImageProcessor
+    from transformers import (
+        BitImageProcessor,
+        ChineseCLIPImageProcessor,
+        CLIPImageProcessor,
+        SiglipImageProcessor,
+    )
 else:  # the PIL implementations by name: transformers warns at every import of the fallback otherwise
     from transformers import BitImageProcessorPil as BitImageProcessor
     from transformers import ChineseCLIPImageProcessorPil as ChineseCLIPImageProcessor
@@ -48,7 +53,7 @@ from vlm_core.models.qwen_vl_vit import QwenVLViTConfig, QwenVLViTModel
 from vlm_core.registry import Registry
 
 # The tiny preset shared by every family (DESIGN.md): 32 px, patch 8, width 64, 2 layers.
-_TINY = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+_TINY = {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 # What a PreTrainedModel's post_init gathers from its direct children; the tower forwards its
 # model's so that the VLM sees them (device maps, fp32 modules, load-time ignores).
@@ -83,6 +88,9 @@ class EncoderFamily:
     config_class: type[PretrainedConfig] | None  # None: the config names its own model_type
     image_processor: Callable[[int], BaseImageProcessor]
     tiny: dict[str, Any] = field(default_factory=dict)
+    # The hidden state that feeds the projector when the run config does not say: LLaVA takes the
+    # second-to-last layer of CLIP-like towers; Qwen-VL feeds its ViT's last block (it has no final norm).
+    feature_layer: int = -2
 
 
 VISION_ENCODERS: Registry[EncoderFamily] = Registry("vision encoder")
@@ -136,6 +144,7 @@ VISION_ENCODERS.add(
         # Qwen-VL resizes straight to the square input (bicubic), no crop, OpenAI CLIP statistics.
         lambda s: CLIPImageProcessor(size=_square(s), do_center_crop=False, resample=PILImageResampling.BICUBIC),
         {**_TINY, "intermediate_size": 128, "num_positions": 16},
+        feature_layer=-1,
     ),
 )
 VISION_ENCODERS.add(
@@ -202,13 +211,21 @@ class VisionTower(nn.Module):
         return features
 
 
+def feature_layer(cfg: VisionConfig) -> int:
+    """The configured feature layer, or the encoder family's default."""
+    return VISION_ENCODERS.get(cfg.encoder).feature_layer if cfg.feature_layer is None else cfg.feature_layer
+
+
 def vision_model_config(cfg: VisionConfig) -> PretrainedConfig:
     """The encoder's transformers config: the tiny preset, or the pretrained one, plus overrides."""
+    from vlm_core.models.foreign import check_loadable
+
     family = VISION_ENCODERS.get(cfg.encoder)
     overrides = dict(cfg.config)
     if cfg.image_size is not None:
         overrides["image_size"] = cfg.image_size
     if cfg.name_or_path is not None:
+        check_loadable(cfg.name_or_path, "model.vision.name_or_path")
         config = AutoConfig.from_pretrained(cfg.name_or_path)
         config = getattr(config, "vision_config", config)  # a full CLIP / SigLIP checkpoint
         config.update(overrides)
@@ -244,12 +261,12 @@ def vision_tower_from_config(encoder: str, config: PretrainedConfig, feature_lay
 
 def build_vision_tower(cfg: VisionConfig) -> VisionTower:
     """The tower a run config names: pretrained weights by path, else the tiny preset, random."""
-    config, feature_layer = drop_unused_layers(vision_model_config(cfg), cfg.feature_layer)
+    config, layer = drop_unused_layers(vision_model_config(cfg), feature_layer(cfg))
     if cfg.name_or_path is None:
-        return vision_tower_from_config(cfg.encoder, config, feature_layer, cfg.feature_select)
+        return vision_tower_from_config(cfg.encoder, config, layer, cfg.feature_select)
     model_class = VISION_ENCODERS.get(cfg.encoder).model_class
     model = model_class.from_pretrained(cfg.name_or_path, config=config)
-    return VisionTower(model, cfg.encoder, feature_layer, cfg.feature_select)
+    return VisionTower(model, cfg.encoder, layer, cfg.feature_select)
 
 
 def pretrained_image_processor(cfg: VisionConfig, tower: VisionTower) -> BaseImageProcessor:

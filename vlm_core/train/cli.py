@@ -35,8 +35,13 @@ def train_command(config_url: str, stage: str, resume: str | None, max_steps: in
 @click.option("--checkpoint", required=True, help="A stage output (full model or LoRA adapter).")
 @click.option("--out", "out_url", required=True, help="Where to write the exported, self-contained checkpoint.")
 @click.option("--merge-lora/--no-merge-lora", default=True, help="Fold LoRA adapters into the weights.")
-def export_command(checkpoint: str, out_url: str, merge_lora: bool) -> None:
-    """Export a checkpoint as one self-contained model folder (LoRA merged)."""
+@click.option("--format", "fmt", default="vlm", show_default=True,
+              help="vlm: this project's self-contained checkpoint; llava-hf: transformers' Llava (vLLM, SGLang, pipelines).")
+def export_command(checkpoint: str, out_url: str, merge_lora: bool, fmt: str) -> None:
+    """Export a checkpoint as one model folder (LoRA merged)."""
     from vlm_core.train.export import export_checkpoint
 
-    click.echo(export_checkpoint(checkpoint, out_url, merge_lora=merge_lora))
+    try:
+        click.echo(export_checkpoint(checkpoint, out_url, merge_lora=merge_lora, fmt=fmt))
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise click.ClickException(str(err).strip('"')) from None

@@ -1,7 +1,8 @@
-"""Turn a stage output into a self-contained checkpoint; LoRA adapters are merged on request.
+"""Turn a stage output into a self-contained checkpoint, or another format (`vlm_core.models.exporters`).
 
 A LoRA stage saves a peft adapter (LLM adapters + the full-rank projector) next to the processor;
-its `base_model_name_or_path` names the checkpoint the stage started from.
+its `base_model_name_or_path` names the checkpoint the stage started from. Adapters are merged
+first: a self-contained checkpoint without merging is refused, other formats always merge.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ def load_merged(url: str):
     return model, processor
 
 
-def export_checkpoint(checkpoint: str, out_url: str, merge_lora: bool = True) -> str:
-    from vlm_core.models.checkpoint import save_checkpoint
+def export_checkpoint(checkpoint: str, out_url: str, merge_lora: bool = True, fmt: str = "vlm") -> str:
+    from vlm_core.models.exporters import EXPORTERS
 
+    exporter = EXPORTERS.get(fmt)
     if is_adapter(checkpoint) and not merge_lora:
         raise ValueError(f"{checkpoint} is a LoRA adapter; exporting it self-contained needs --merge-lora")
     model, processor = load_merged(checkpoint)
-    save_checkpoint(model, processor, out_url)
+    exporter(model, processor, out_url)
     return out_url

@@ -164,7 +164,10 @@ def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources):
         strict=cfg.data.strict,
     )
     if any(is_streaming(source) for source, _ in sources.values()):
-        return StreamingMixture(sources, encoder, seed=stage.seed)
+        # Streams group by length within each window of blocks, from the staged length index.
+        indexed = all(not is_streaming(s) or hasattr(s, "lengths") for s, _ in sources.values())
+        grouped = stage.group_by_modality_length and not cfg.data.packing and indexed
+        return StreamingMixture(sources, encoder, seed=stage.seed, group_by_length=stage.per_device_batch_size if grouped else None)
     return MixtureDataset(sources, encoder, seed=stage.seed)
 
 
@@ -312,6 +315,8 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
             log.info("resuming from %s", checkpoint or "scratch (no checkpoint yet)")
     elif resume:
         checkpoint = resume
+    if checkpoint and isinstance(dataset, StreamingMixture):
+        _seek_stream(trainer, dataset, checkpoint, cfg.data.num_workers)
     trainer.train(resume_from_checkpoint=checkpoint)
     _report_bad_samples(dataset, state)
 
@@ -364,6 +369,20 @@ def _point_adapter_at_base(folder: str, base_url: str | None) -> None:
     adapter["base_model_name_or_path"] = base_url
     with open(path, "w") as f:
         json.dump(adapter, f, indent=2)
+
+
+def _seek_stream(trainer, dataset: StreamingMixture, checkpoint: str, workers: int) -> None:
+    """Continue the stream where the checkpoint left it (no sample consumed before is read
+    again), instead of the Trainer re-reading and dropping the batches of the resumed epoch."""
+    from vlm_core.train.streaming import load_data_state
+
+    state = load_data_state(checkpoint, dataset, workers)
+    if state is None:
+        log.info("no stream position in %s for this rank and world size: the consumed batches are re-read", checkpoint)
+        return
+    dataset.resume = state
+    trainer.args.ignore_data_skip = True
+    log.info("stream seeks to epoch %d, batch %d (no sample before it is read)", state["epoch"], state["batches"])
 
 
 def _groups_by_length(stage: StageConfig, cfg: RunConfig, dataset) -> bool:
