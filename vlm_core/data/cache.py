@@ -106,12 +106,16 @@ def encoding_key(encoder: SampleEncoder, mode: str) -> str:
 
 
 def _share(source: Any, part: int, parts: int) -> Iterator[RawSample]:
-    """Part ``part`` of ``parts`` of a source: a strided slice, or whole shards of a stream."""
-    if hasattr(source, "iter_samples"):
-        yield from source.iter_samples(part, parts, 0, 1, epoch=0, shuffle=False)
-    else:
+    """Every ``parts``-th sample from ``part`` on. A stream is read whole by every part (reading
+    is cheap next to encoding) so the parts stay even when its shards do not divide evenly."""
+    samples = source.iter_samples(0, 1, 0, 1, epoch=0, shuffle=False) if hasattr(source, "iter_samples") else None
+    if samples is None:
         for index in range(part, len(source), parts):
             yield source[index]
+        return
+    for index, sample in enumerate(samples):
+        if index % parts == part:
+            yield sample
 
 
 def _part_name(part: int, parts: int) -> str:
@@ -313,7 +317,7 @@ def _write_part(path: str, source: Any, encoder: SampleEncoder, *, mode: str, pa
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     start = time.perf_counter()
-    expected = None if hasattr(source, "iter_samples") else len(range(part, len(source), parts))
+    expected = len(range(part, len(source), parts))
     with tqdm(total=expected, desc=description, unit="sample", disable=True if part else None) as bar:
         content = encode_part(_share(source, part, parts), encoder, pixels=mode == "full", progress=bar)
     tmp = f"{path}.tmp-{os.getpid()}"
