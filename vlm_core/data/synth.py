@@ -123,7 +123,10 @@ def mc_prompt(question: str, options: dict[str, str]) -> str:
 
 
 def instruct_records(image: str, scene: Scene, index: int, rng: Any) -> list[dict[str, Any]]:
-    """Five single-question samples per image: colour, shape twice, position, one multiple choice."""
+    """Five samples per image. Four single questions with short answers (LLaVA-1.5's VQA prompt):
+    colour, shape twice, position. One conversation of three multiple-choice turns (its MMBench
+    prompt), one per attribute in a random order, each with its options in a fresh random order,
+    the image in the first turn (LLaVA-1.5's multi-turn form)."""
     records = []
     asks = [("colour", int(rng.integers(2))), ("shape", 0), ("shape", 1), ("position", int(rng.integers(2)))]
     for k, (attribute, phrasing) in enumerate(asks):
@@ -135,15 +138,11 @@ def instruct_records(image: str, scene: Scene, index: int, rng: Any) -> list[dic
                 "conversations": [_human(question), {"from": "gpt", "value": scene.answer(attribute)}],
             }
         )
-    attribute = str(rng.choice(list(CHOICES)))
-    question, options, answer = multiple_choice(scene, attribute, rng)
-    records.append(
-        {
-            "id": f"instruct-{index:05d}-mc",
-            "image": image,
-            "conversations": [_human(mc_prompt(question, options)), {"from": "gpt", "value": answer}],
-        }
-    )
+    turns = []
+    for k in rng.permutation(len(CHOICES)):
+        question, options, answer = multiple_choice(scene, list(CHOICES)[k], rng)
+        turns += [_human(mc_prompt(question, options), image=not turns), {"from": "gpt", "value": answer}]
+    records.append({"id": f"instruct-{index:05d}-mc", "image": image, "conversations": turns})
     return records
 
 
