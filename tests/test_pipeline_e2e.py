@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -24,7 +25,7 @@ MIN_ACCURACY = {"colour": 95.0, "position": 95.0, "shape": 95.0}
 
 def _quickstart_in(tmp_path) -> str:
     """configs/quickstart.yaml with its data and output folders moved under ``tmp_path``."""
-    text = open("configs/quickstart.yaml").read().replace("data/synth", str(tmp_path / "data" / "synth"))
+    text = Path("configs/quickstart.yaml").read_text().replace("data/synth", str(tmp_path / "data" / "synth"))
     data = yaml.safe_load(text)
     data["output"] = str(tmp_path / "runs" / "quickstart")
     path = tmp_path / "quickstart.yaml"
@@ -47,7 +48,7 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     cfg = load_config(config)
 
     assert "| synth_vqa |" in table
-    results = json.loads(open(f"{cfg.eval_output()}/results.json").read())
+    results = json.loads(Path(cfg.eval_output(), "results.json").read_text())
     by_type = results["synth_vqa"]["per_question_type"]
     for question_type, minimum in MIN_ACCURACY.items():
         assert by_type[question_type] >= minimum, (question_type, by_type)
@@ -75,4 +76,4 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     again = json.loads((two / "results.json").read_text())
     for bench in cfg.eval.benchmarks:
         assert again[bench] == results[bench], bench
-        assert (two / "answers" / f"{bench}.jsonl").read_text() == open(f"{cfg.eval_output()}/answers/{bench}.jsonl").read()
+        assert (two / "answers" / f"{bench}.jsonl").read_text() == Path(cfg.eval_output(), "answers", f"{bench}.jsonl").read_text()
