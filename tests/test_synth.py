@@ -58,7 +58,7 @@ def test_summary(synth_dir):
     summary = json.loads((synth_dir / "synth.json").read_text())
     assert summary["seed"] == 3 and summary["train_images"] == TRAIN and summary["eval_images"] == EVAL
     assert summary["chance"] == {"colour": 0.25, "shape": pytest.approx(1 / 3), "position": 0.25}
-    assert summary["instruct_samples"] == 5 * TRAIN and summary["vqa_questions"] == 3 * EVAL
+    assert summary["instruct_samples"] == 6 * TRAIN and summary["vqa_questions"] == 3 * EVAL
     for rel in summary["files"].values():
         assert (synth_dir / rel).exists(), rel
 
@@ -107,7 +107,7 @@ def test_instruct_answers_agree_with_the_captions(synth_dir):
             mc_attributes.append([options[k] for k in sorted(options)])
         assert asked == {"colour", "shape", "position"}
         kinds["mc"] += 1
-    assert kinds == {"colour": TRAIN, "shape": 2 * TRAIN, "position": TRAIN, "mc": TRAIN}
+    assert kinds == {"colour": TRAIN, "shape": 2 * TRAIN, "position": 2 * TRAIN, "mc": TRAIN}
     assert len({tuple(o) for o in mc_attributes}) > 10  # the options come in fresh orders
 
 
@@ -163,7 +163,7 @@ def test_training_samples_encode(synth_dir):
 def test_writes_to_s3(s3_bucket):
     generate(f"{s3_bucket}/synth", seed=1, train=4, eval_images=2)
     source = open_source(DatasetSpec(url=f"{s3_bucket}/synth/instruct.jsonl"))
-    assert len(source) == 20
+    assert len(source) == 6 * 4
     assert source[0].images[0].startswith(f"{s3_bucket}/synth/images/")
     from vlm_core import storage
 
