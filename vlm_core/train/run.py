@@ -220,7 +220,7 @@ def find_resume_checkpoint(paths: StagePaths, state) -> str | None:
     if storage.is_local(paths.url):
         return local
     remote = newest_checkpoint(paths.checkpoints_url)
-    step = lambda p: int(CHECKPOINT_RE.match(p.rstrip("/").rsplit("/", 1)[-1]).group(1)) if p else -1  # noqa: E731
+    step = lambda p: int(CHECKPOINT_RE.match(p.rstrip("/").rsplit("/", 1)[-1]).group(1)) if p else -1
     if remote and step(remote) > step(local):
         target = os.path.join(paths.checkpoints_local, remote.rstrip("/").rsplit("/", 1)[-1])
         if state.is_local_main_process:
