@@ -195,6 +195,11 @@ class DataConfig(_Section):
     max_length: int = Field(2048, gt=0, description="Longest token sequence; longer samples are skipped and counted.")
     strict: bool = Field(False, description="Make the first bad sample an error instead of skipping it.")
     num_workers: int = Field(0, ge=0)
+    cache: Literal["none", "tokens", "full"] = Field(
+        "none",
+        description="Encode each sample once per run, before training (`vlm_core/data/cache.py`): "
+        "tokens = ids and labels; full = also the pixels (3 x H x W float32 per distinct image, on local disk).",
+    )
     packing: bool = Field(False, description="Padding-free packing of several samples per sequence.")
     synthesize: str | None = Field(
         None,

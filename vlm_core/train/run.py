@@ -150,8 +150,9 @@ def build_model_for_stage(cfg: RunConfig, stage_name: str, sources):
     return model, processor
 
 
-def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources):
-    """A map-style mixture of random-access sources, or a stream when any source is staged shards."""
+def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources, cache_root: str | None = None, state=None):
+    """A map-style mixture of random-access sources, or a stream when any source is staged shards.
+    With ``data.cache`` the samples are encoded first, by the local ranks together, under ``cache_root``."""
     from vlm_core.data.encoding import SampleEncoder
     from vlm_core.data.mixture import MixtureDataset
     from vlm_core.data.templates import get_template
@@ -163,6 +164,20 @@ def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources):
         image_aspect=cfg.data.image_aspect,
         strict=cfg.data.strict,
     )
+    if cfg.data.cache != "none" and cache_root is not None:
+        from vlm_core.data.cache import cached_encoder, dataset_fingerprint
+
+        specs = {name: cfg.data.datasets[name] for name in sources}
+        encoder = cached_encoder(
+            encoder,
+            {name: source for name, (source, _) in sources.items()},
+            {name: dataset_fingerprint(spec.url, spec.image_root) for name, spec in specs.items()},
+            cache_root,
+            mode=cfg.data.cache,
+            part=state.local_process_index,
+            parts=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+            barrier=state.wait_for_everyone,
+        )
     if any(is_streaming(source) for source, _ in sources.values()):
         # Streams group by length within each window of blocks, from the staged length index.
         indexed = all(not is_streaming(s) or hasattr(s, "lengths") for s, _ in sources.values())
@@ -295,7 +310,8 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
     if state.is_main_process:
         log.info("stage %s: %s trainable of %s parameters (%s)", stage_name, f"{trainable:,}", f"{total:,}", ", ".join(stage.trainable))
 
-    dataset = build_dataset(cfg, stage, processor, sources)
+    # The encoded-sample cache sits next to the stages' local folders: reused by a restart.
+    dataset = build_dataset(cfg, stage, processor, sources, os.path.join(os.path.dirname(paths.local), "cache"), state)
     callbacks = [TensorBoardLogger(paths.tensorboard_url, paths.tensorboard_local)]
     if not storage.is_local(paths.url):
         callbacks.append(_mirror_callback(paths))
