@@ -1,7 +1,8 @@
-"""`vlm job render|submit|run`: one stage as a PyTorchJob, printed, sent to a cluster, or run here.
+"""`vlm job render|submit|run`: one step's PyTorchJob, printed, created on a cluster, or run to its end.
 
 Every command takes either a YAML FILE (ConfigMap + PyTorchJob, as ``render`` prints) or
-``--config X --stage S``, which builds the same objects.
+``--config X --step S`` (a training stage or ``eval``, with ``--set KEY=VALUE`` overrides),
+which builds the same objects. To run a whole run (staging, every stage, eval) use ``vlm run``.
 """
 
 from __future__ import annotations
@@ -11,24 +12,32 @@ from typing import Any
 
 import click
 
+from operators.orchestrator.cli import SET_HELP, one_line_errors
+from operators.pytorchjob import BACKENDS, EVAL
+from vlm_core.config import STAGE_NAMES
 
-def _objects(file: str | None, config: str | None, stage: str | None, **overrides: Any) -> list[dict[str, Any]]:
+
+def _objects(file: str | None, config: str | None, step: str | None, sets: tuple[str, ...]) -> list[dict[str, Any]]:
     import yaml
 
-    from operators.pytorchjob import render_stage
+    from operators.pytorchjob import KIND, render_job
+    from operators.run_config import load_run_config
+    from operators.validation import validate_pytorchjob
     from vlm_core import storage
-    from vlm_core.config import load_config
 
-    if file and config:
-        raise click.UsageError("give either FILE or --config/--stage, not both")
+    if file and (config or sets):
+        raise click.UsageError("give either FILE or --config/--step/--set, not both")
     if file:
         objects = [o for o in yaml.safe_load_all(storage.read_text(file)) if o]
-        if not any(o.get("kind") == "PyTorchJob" for o in objects):
+        jobs = [o for o in objects if o.get("kind") == KIND]
+        if not jobs:
             raise click.UsageError(f"{file} holds no PyTorchJob")
+        for job in jobs:
+            validate_pytorchjob(job)
         return objects
-    if not (config and stage):
-        raise click.UsageError("give FILE, or both --config and --stage")
-    return render_stage(load_config(config), stage, **{k: v for k, v in overrides.items() if v})
+    if not (config and step):
+        raise click.UsageError("give FILE, or both --config and --step")
+    return render_job(load_run_config(config, sets), step)
 
 
 def _source_options(command):
@@ -36,9 +45,8 @@ def _source_options(command):
         [
             click.argument("file", required=False),
             click.option("--config", "config", help="Run config (any fsspec URL)."),
-            click.option("--stage", type=click.Choice(["align", "instruct", "full"]), help="Stage to run."),
-            click.option("--nodes", type=int, help="Override distributed.nodes."),
-            click.option("--image", help="Override cluster.image."),
+            click.option("--step", "--stage", "step", type=click.Choice([*STAGE_NAMES, EVAL]), help="A training stage, or eval."),
+            click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP),
         ]
     ):
         command = decorator(command)
@@ -47,48 +55,56 @@ def _source_options(command):
 
 @click.group("job")
 def job_group() -> None:
-    """Build, submit and run the PyTorchJobs of training stages."""
+    """Build, submit and run the PyTorchJob of one step (a training stage or eval)."""
 
 
 @job_group.command("render")
 @_source_options
-@click.option("--namespace", help="Override cluster.namespace.")
-def render_command(file, config, stage, nodes, image, namespace) -> None:
-    """Print the ConfigMap and the validated PyTorchJob of a stage as YAML."""
+def render_command(file, config, step, sets) -> None:
+    """Print the ConfigMap and the validated PyTorchJob of a step as YAML."""
     from operators.pytorchjob import render_yaml
 
-    click.echo(render_yaml(_objects(file, config, stage, nodes=nodes, image=image, namespace=namespace)), nl=False)
+    with one_line_errors():
+        click.echo(render_yaml(_objects(file, config, step, sets)), nl=False)
 
 
 @job_group.command("submit")
 @_source_options
-@click.option("--namespace", help="Namespace (default: the object's).")
-@click.option("--wait/--no-wait", default=False, help="Wait for Succeeded/Failed, streaming the master's log.")
-@click.option("--timeout", type=float, help="Seconds to wait at most.")
-@click.option("--delete", is_flag=True, help="Delete the PyTorchJob when it has finished.")
 @click.option("--context", help="kubeconfig context (outside a cluster).")
-def submit_command(file, config, stage, nodes, image, namespace, wait, timeout, delete, context) -> None:
-    """Create the stage's PyTorchJob on the cluster (attach to it if it exists)."""
-    from operators.k8s_backend import load_kube_config, submit_and_wait
+def submit_command(file, config, step, sets, context) -> None:
+    """Create the step's PyTorchJob on the cluster, or adopt the one of that name; don't wait."""
+    from kubernetes import client
 
-    objects = _objects(file, config, stage, nodes=nodes, image=image, namespace=namespace)
-    load_kube_config(context)
-    result = submit_and_wait(objects, namespace, wait=wait, timeout=timeout, delete=delete, log=click.echo)
-    if wait:
-        click.echo(f"{result.name}: {result.state} {result.reason} {result.message}".rstrip())
-        sys.exit(0 if result.succeeded else 1)
+    from operators.k8s_backend import KubernetesBackend, load_kube_config
+    from operators.pytorchjob import split_objects
+
+    with one_line_errors():
+        job, config_maps = split_objects(_objects(file, config, step, sets))
+        load_kube_config(context)
+        backend = KubernetesBackend(api_client=client.ApiClient(), log=click.echo)
+        namespace = job["metadata"].get("namespace") or "default"
+        if backend.get(job["metadata"]["name"], namespace) is not None:
+            click.echo(f"pytorchjob {namespace}/{job['metadata']['name']} exists: left as it is")
+            return
+        for obj in config_maps:
+            backend.apply_config_map(obj, namespace)
+        backend.submit(job, namespace)
 
 
 @job_group.command("run")
 @_source_options
-@click.option("--local", "local", is_flag=True, required=True, help="Run the replicas as local processes.")
-@click.option("--workdir", default="job-work", show_default=True, help="Folder for volumes and replica logs.")
+@click.option("--backend", type=click.Choice(BACKENDS.names()), default="local", show_default=True,
+              help="local: the replicas as processes here; kubernetes: on the cluster, watched.")  # fmt: skip
+@click.option("--workdir", default="job-work", show_default=True, help="local: folder for volumes and replica logs.")
 @click.option("--timeout", type=float, help="Seconds before the job is stopped and failed.")
-def run_command(file, config, stage, nodes, image, local, workdir, timeout) -> None:
-    """Run a PyTorchJob on this machine with the training operator's env and restart rules."""
-    from operators.local_backend import run_objects
+@click.option("--local", "_local", is_flag=True, hidden=True, help="Accepted for older command lines (= --backend local).")
+def run_command(file, config, step, sets, backend, workdir, timeout, _local) -> None:
+    """Run a step's PyTorchJob to its end (locally with the training operator's env and restart rules)."""
+    from operators.pytorchjob import job_backend
 
-    objects = _objects(file, config, stage, nodes=nodes, image=image)
-    result = run_objects(objects, workdir=workdir, timeout=timeout, log=click.echo)
-    click.echo(f"{result.name}: {result.state} after {result.restarts} restart(s); logs in {result.log_dir}")
+    options = {"workdir": workdir} if backend == "local" else {}
+    with one_line_errors():
+        objects = _objects(file, config, step, sets)
+        result = job_backend(backend, timeout=timeout, log=click.echo, **options).run(objects)
+    click.echo(result.describe())
     sys.exit(0 if result.succeeded else 1)

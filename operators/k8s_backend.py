@@ -1,49 +1,61 @@
-"""Run a PyTorchJob on a cluster through the kubernetes client: create, watch, stream logs, delete.
+"""Run a PyTorchJob on a cluster through the kubernetes client: adopt or create, watch, stream logs.
 
-- ``submit`` creates the job; if one of that name exists (409 Conflict), it attaches to it, so a
-  re-run of a pipeline step picks up the job it launched before instead of failing.
+- ``run`` first looks the job up by name. One that exists is *adopted*: finished, its outcome is
+  returned as it is (Succeeded: nothing to do; Failed: its reason); running, it is watched. Only
+  a job that does not exist is created, after its ConfigMap. So a restarted driver (or a retried
+  KFP task) picks up the job it launched before instead of starting a second one.
 - ``wait`` watches the job until a ``Succeeded`` or ``Failed`` condition. A watch ends when the
   server closes it (its timeout) and fails with 410 Gone when its resourceVersion is too old
   (etcd compaction); both reconnect after a fresh GET, which also catches a finish that happened
   between two streams. The overall timeout holds across reconnects.
 - The master pod's log (``training.kubeflow.org/replica-type=master``) streams while waiting,
   again after each container restart.
+- Ownership: with ``VLM_DRIVER_JOB`` set (the chart's driver Job sets its own name), the job and
+  its ConfigMap get an ownerReference to that batch/v1 Job, so deleting the driver (``helm
+  uninstall``, ``kubectl delete -k``) deletes what the run created. Without it (KFP tasks, a
+  laptop) they carry the run's labels: ``kubectl delete pytorchjobs,configmaps -l
+  app.kubernetes.io/part-of=<run>``.
+
+Every API call is one ``ApiRequest`` (verb, API group, resource, namespace, name; see
+``operators/k8s_errors.py``): together exactly the rules of the launcher Role
+(charts/vlm-platform/templates/rbac.yaml). When the server refuses one, a ``KubeApiError`` says
+in one line what was refused, to whom, and the rule that would allow it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
-from operators.pytorchjob import GROUP, PLURAL, VERSION
+from operators.k8s_errors import ApiRequest, JobTimeout, KubeApiError, KubeConfigError, explain
+from operators.pytorchjob import (
+    CONTAINER,
+    GROUP,
+    PLURAL,
+    VERSION,
+    JobOutcome,
+    split_objects,
+    with_owner,
+)
 
 TERMINAL = ("Succeeded", "Failed")
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 WATCH_SECONDS = 60  # server-side timeout of one watch; the loop reconnects
-
-
-class JobTimeout(TimeoutError):
-    pass
+DRIVER_ENV = "VLM_DRIVER_JOB"  # name of the batch/v1 Job that owns the run's objects
 
 
 @dataclass
-class JobStatus:
-    name: str
-    state: str  # Succeeded | Failed
-    reason: str
-    message: str
-    object: dict[str, Any]
-
-    @property
-    def succeeded(self) -> bool:
-        return self.state == "Succeeded"
+class JobStatus(JobOutcome):
+    object: dict[str, Any] = field(default_factory=dict)
 
 
 def load_kube_config(context: str | None = None) -> None:
@@ -51,7 +63,13 @@ def load_kube_config(context: str | None = None) -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config(context=context)
+        try:
+            config.load_kube_config(context=context)
+        except (config.ConfigException, OSError) as err:
+            raise KubeConfigError(
+                f"no Kubernetes credentials: not in a pod, and the kubeconfig (KUBECONFIG or ~/.kube/config) "
+                f"gives none ({' '.join(str(err).split())})"
+            ) from None
 
 
 def terminal_condition(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -63,57 +81,108 @@ def terminal_condition(obj: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class KubernetesBackend:
-    def __init__(self, api_client: client.ApiClient | None = None, *, log: Callable[[str], None] = print) -> None:
-        self.api_client = api_client or client.ApiClient()
-        self.custom = client.CustomObjectsApi(self.api_client)
-        self.core = client.CoreV1Api(self.api_client)
-        self.log = log
+    """Run PyTorchJobs on the cluster of ``api_client`` (default: in-cluster or kubeconfig
+    credentials) in ``namespace`` (default: each object's); ``run(objects)`` -> ``JobStatus``."""
 
-    # -- create / get / delete
+    def __init__(
+        self,
+        namespace: str | None = None,
+        *,
+        api_client: client.ApiClient | None = None,
+        timeout: float | None = None,
+        follow_logs: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        if api_client is None:
+            load_kube_config()
+            api_client = client.ApiClient()
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.namespace, self.timeout, self.follow_logs, self.log = namespace, timeout, follow_logs, log
+
+    def _call(self, request: ApiRequest, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApiException as err:
+            raise explain(request, err) from None
+        except HTTPError as err:
+            host = self.api_client.configuration.host
+            raise KubeApiError(request, None, f"cannot reach the Kubernetes API at {host} to {request.verb} "
+                                              f"{request.what()}: {err}") from None  # fmt: skip
+
+    # -- the steps
+
+    def run(self, objects: list[dict[str, Any]]) -> JobStatus:
+        """Adopt the step's PyTorchJob if it exists, else create it (and its ConfigMaps); wait."""
+        job, config_maps = split_objects(objects)
+        namespace = self.namespace or job["metadata"].get("namespace") or "default"
+        name = job["metadata"]["name"]
+        existing = self.get(name, namespace)
+        if existing is None:
+            owned = with_owner([*config_maps, job], self.owner(namespace))
+            for obj in owned[:-1]:
+                self.apply_config_map(obj, namespace)
+            existing = self.submit(owned[-1], namespace)
+        else:
+            self.log(f"pytorchjob {namespace}/{name} exists: adopting it")
+        if (cond := terminal_condition(existing)) is not None:
+            return _status(name, cond, existing)
+        return self.wait(name, namespace, self.timeout)
+
+    def owner(self, namespace: str) -> dict[str, Any] | None:
+        """The ownerReference to the driver Job named by ``VLM_DRIVER_JOB``, None when unset."""
+        name = os.environ.get(DRIVER_ENV)
+        if not name:
+            return None
+        request = ApiRequest("get", "batch", "jobs", namespace, name)
+        driver = self._call(request, self.batch.read_namespaced_job, name, namespace)
+        return {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": driver.metadata.uid}
 
     def apply_config_map(self, obj: dict[str, Any], namespace: str) -> None:
-        """Create the ConfigMap, or replace it (the run config may have changed)."""
+        """Create the ConfigMap, or replace one left by an earlier attempt (its job never started)."""
         name = obj["metadata"]["name"]
+        obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
         try:
-            self.core.create_namespaced_config_map(namespace, obj)
-        except ApiException as err:
+            self._call(ApiRequest("create", "", "configmaps", namespace), self.core.create_namespaced_config_map, namespace, obj)
+        except KubeApiError as err:
             if err.status != 409:
                 raise
-            self.core.replace_namespaced_config_map(name, namespace, obj)
+            request = ApiRequest("update", "", "configmaps", namespace, name)
+            self._call(request, self.core.replace_namespaced_config_map, name, namespace, obj)
 
-    def submit(self, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
-        namespace = namespace or obj["metadata"].get("namespace") or "default"
+    def submit(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+        """Create the PyTorchJob; one of that name created meanwhile (409) is adopted."""
         name = obj["metadata"]["name"]
+        obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
+        request = ApiRequest("create", GROUP, PLURAL, namespace)
         try:
-            created = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, obj)
-            self.log(f"created pytorchjob {namespace}/{name}")
-            return created
-        except ApiException as err:
+            created = self._call(request, self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, obj)
+        except KubeApiError as err:
             if err.status != 409:
                 raise
-        existing = self.get(name, namespace)
-        self.log(f"pytorchjob {namespace}/{name} exists: attaching to it")
-        return existing
+            self.log(f"pytorchjob {namespace}/{name} exists: adopting it")
+            return self.get(name, namespace) or obj
+        self.log(f"created pytorchjob {namespace}/{name}")
+        return created
 
-    def get(self, name: str, namespace: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-
-    def delete(self, name: str, namespace: str) -> None:
-        body = client.V1DeleteOptions(propagation_policy="Foreground")
+    def get(self, name: str, namespace: str) -> dict[str, Any] | None:
+        request = ApiRequest("get", GROUP, PLURAL, namespace, name)
         try:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body=body)
-        except ApiException as err:
-            if err.status != 404:
-                raise
-        self.log(f"deleted pytorchjob {namespace}/{name}")
+            return self._call(request, self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        except KubeApiError as err:
+            if err.status == 404:
+                return None
+            raise
 
     # -- wait
 
-    def wait(self, name: str, namespace: str, timeout: float | None = None, *, follow_logs: bool = True) -> JobStatus:
+    def wait(self, name: str, namespace: str, timeout: float | None = None) -> JobStatus:
         deadline = None if timeout is None else time.monotonic() + timeout
         done = threading.Event()
         follower = None
-        if follow_logs:
+        if self.follow_logs:
             follower = threading.Thread(target=self._follow_master_logs, args=(name, namespace, done), daemon=True)
             follower.start()
         try:
@@ -126,72 +195,91 @@ class KubernetesBackend:
     def _watch_until_terminal(self, name: str, namespace: str, deadline: float | None) -> JobStatus:
         while True:
             obj = self.get(name, namespace)  # fresh state and resourceVersion after every reconnect
+            if obj is None:
+                raise RuntimeError(f"pytorchjob {namespace}/{name} was deleted while waiting")
             if (cond := terminal_condition(obj)) is not None:
-                return self._status(name, cond, obj)
+                return _status(name, cond, obj)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise JobTimeout(f"pytorchjob {namespace}/{name} did not finish in time")
             seconds = WATCH_SECONDS if remaining is None else max(1, min(WATCH_SECONDS, int(remaining)))
-            stream = watch.Watch().stream(
-                self.custom.list_namespaced_custom_object,
-                GROUP, VERSION, namespace, PLURAL,
-                field_selector=f"metadata.name={name}",
-                resource_version=obj["metadata"]["resourceVersion"],
-                timeout_seconds=seconds,
-                _request_timeout=seconds + 10,
-            )  # fmt: skip
-            opened, events = time.monotonic(), 0
-            try:
-                for event in stream:
-                    events += 1
-                    current = event["object"]
-                    if event["type"] == "DELETED":
-                        raise RuntimeError(f"pytorchjob {namespace}/{name} was deleted while waiting")
-                    if (cond := terminal_condition(current)) is not None:
-                        return self._status(name, cond, current)
-            except ApiException as err:
-                if err.status != 410:  # Gone: our resourceVersion was compacted away; re-list
-                    raise
-                self.log(f"watch of {name} expired (410 Gone); reconnecting")
-                continue
+            opened = time.monotonic()
+            status, events = self._watch_once(name, namespace, obj["metadata"]["resourceVersion"], seconds)
+            if status is not None:
+                return status
             if events == 0 and time.monotonic() - opened < 1:
                 time.sleep(1)  # a server that closes watches at once must not make us spin
 
-    @staticmethod
-    def _status(name: str, cond: dict[str, Any], obj: dict[str, Any]) -> JobStatus:
-        return JobStatus(name, cond["type"], cond.get("reason", ""), cond.get("message", ""), obj)
+    def _watch_once(self, name: str, namespace: str, version: str, seconds: int) -> tuple[JobStatus | None, int]:
+        """One watch stream: the terminal status if it came, and how many events did."""
+        request = ApiRequest("watch", GROUP, PLURAL, namespace, name)
+        stream = watch.Watch().stream(
+            self.custom.list_namespaced_custom_object,
+            GROUP, VERSION, namespace, PLURAL,
+            field_selector=f"metadata.name={name}",
+            resource_version=version,
+            timeout_seconds=seconds,
+            _request_timeout=seconds + 10,
+        )  # fmt: skip
+        events = 0
+        try:
+            for event in stream:
+                events += 1
+                if event["type"] == "DELETED":
+                    raise RuntimeError(f"pytorchjob {namespace}/{name} was deleted while waiting")
+                if (cond := terminal_condition(event["object"])) is not None:
+                    return _status(name, cond, event["object"]), events
+        except ApiException as err:
+            if err.status != 410:  # Gone: our resourceVersion was compacted away; re-list
+                raise explain(request, err) from None
+            self.log(f"watch of {name} expired (410 Gone); reconnecting")
+        except HTTPError as err:  # a dropped connection: the next GET tells whether the server is there
+            self.log(f"watch of {name} interrupted ({type(err).__name__}); reconnecting")
+        return None, events
 
     # -- logs
 
     def master_pod(self, name: str, namespace: str) -> Any | None:
         selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}=master"
-        pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
+        request = ApiRequest("list", "", "pods", namespace)
+        pods = self._call(request, self.core.list_namespaced_pod, namespace, label_selector=selector).items
         return pods[0] if pods else None
 
     def _follow_master_logs(self, name: str, namespace: str, done: threading.Event) -> None:
+        try:
+            self._stream_master_logs(name, namespace, done)
+        except KubeApiError as err:  # logs are a convenience: say why they stop, keep watching
+            self.log(f"not following the logs of {name}: {err}")
+
+    def _stream_master_logs(self, name: str, namespace: str, done: threading.Event) -> None:
         followed: set[tuple[str, int]] = set()  # (pod uid, container restart count)
         while not done.is_set():
+            pod = self.master_pod(name, namespace)
+            key = _container_instance(pod)
+            if key is None or key in followed:
+                done.wait(2)
+                continue
+            followed.add(key)
+            request = ApiRequest("get", "", "pods/log", namespace, pod.metadata.name)
             try:
-                pod = self.master_pod(name, namespace)
-                key = _container_instance(pod)
-                if key is None or key in followed:
-                    done.wait(2)
-                    continue
-                followed.add(key)
-                resp = self.core.read_namespaced_pod_log(
-                    pod.metadata.name, namespace, container="pytorch", follow=True, _preload_content=False
-                )
-                try:
-                    for line in watch.watch.iter_resp_lines(resp):
-                        self.log(f"[master-0] {line}")
-                        if done.is_set():
-                            break
-                finally:
-                    resp.release_conn()
-            except ApiException as err:
+                resp = self._call(request, self.core.read_namespaced_pod_log, pod.metadata.name, namespace,
+                                  container=CONTAINER, follow=True, _preload_content=False)  # fmt: skip
+            except KubeApiError as err:
                 if err.status not in (400, 404):  # container not started yet / pod gone: try again
                     raise
                 done.wait(2)
+                continue
+            try:
+                for line in watch.watch.iter_resp_lines(resp):
+                    self.log(f"[master-0] {line}")
+                    if done.is_set():
+                        break
+            finally:
+                resp.release_conn()
+
+
+def _status(name: str, cond: dict[str, Any], obj: dict[str, Any]) -> JobStatus:
+    return JobStatus(name, cond["type"], cond.get("reason", ""), cond.get("message", ""), object=obj)
 
 
 def _container_instance(pod: Any) -> tuple[str, int] | None:
@@ -199,38 +287,6 @@ def _container_instance(pod: Any) -> tuple[str, int] | None:
     if pod is None or pod.status is None:
         return None
     for status in pod.status.container_statuses or []:
-        if status.name == "pytorch" and status.state is not None and (status.state.running or status.state.terminated):
+        if status.name == CONTAINER and status.state is not None and (status.state.running or status.state.terminated):
             return pod.metadata.uid, status.restart_count or 0
     return None
-
-
-def submit_and_wait(
-    objects: list[dict[str, Any]],
-    namespace: str | None = None,
-    *,
-    wait: bool = True,
-    timeout: float | None = None,
-    delete: bool = False,
-    api_client: client.ApiClient | None = None,
-    log: Callable[[str], None] = print,
-) -> JobStatus | dict[str, Any]:
-    """Apply the ConfigMaps, submit the PyTorchJob and (optionally) wait for it and delete it."""
-    backend = KubernetesBackend(api_client, log=log)
-    jobs = [o for o in objects if o.get("kind") == "PyTorchJob"]
-    if len(jobs) != 1:
-        raise ValueError(f"expected exactly one PyTorchJob among the objects, got {len(jobs)}")
-    namespace = namespace or jobs[0]["metadata"].get("namespace") or "default"
-    objects = [{**o, "metadata": {**o["metadata"], "namespace": namespace}} for o in objects]
-    job = next(o for o in objects if o.get("kind") == "PyTorchJob")
-    for obj in objects:
-        if obj.get("kind") == "ConfigMap":
-            backend.apply_config_map(obj, namespace)
-    backend.submit(job, namespace)
-    if not wait:
-        return job
-    name = job["metadata"]["name"]
-    try:
-        return backend.wait(name, namespace, timeout)
-    finally:
-        if delete:
-            backend.delete(name, namespace)

@@ -1,42 +1,33 @@
-"""Run a PyTorchJob object on this machine, the way the training operator runs it on a cluster.
+"""Run a PyTorchJob object on this machine: each replica (Master, then Workers) becomes one local
+process running its ``pytorch`` container's command (for our jobs ``torchrun``, which starts
+``nprocPerNode`` processes itself), with the environment, restarts and success rule of the
+training operator (``operators/training_operator.py``). ``torchrun`` and ``python`` in a command
+run with this interpreter: this environment is the local "image".
 
-Each replica (Master, then Workers) becomes one local process running its ``pytorch``
-container's command; for our jobs that is ``torchrun``, which starts ``nprocPerNode`` training
-processes itself. The process gets the environment the operator (release-1.9,
-``pkg/controller.v1/pytorch/envvar.go``) injects into a pod:
+Where things are:
 
-====================  ======================================================================
-``MASTER_ADDR``        ``127.0.0.1`` (the Master's Service name on a cluster)
-``MASTER_PORT``        a free local port (the container port ``pytorchjob-port`` on a cluster)
-``WORLD_SIZE``         nodes x nprocPerNode (nodes alone when nprocPerNode is not an integer)
-``RANK``               the *node* rank: Master 0, Worker i -> i + 1
-``PET_NNODES``         nodes (``min:max`` with an elasticPolicy)
-``PET_NODE_RANK``      the node rank, as RANK
-``PET_NPROC_PER_NODE`` ``spec.nprocPerNode``
-``PET_MASTER_ADDR/PORT`` as MASTER_ADDR/PORT
-``PET_RDZV_*``, ``PET_MAX_RESTARTS`` with an elasticPolicy (endpoint 127.0.0.1:port)
-====================  ======================================================================
+- the working directory of a replica is its container's ``workingDir`` when set, else the
+  directory the command runs in (the local image's working directory), so relative paths in a
+  run config resolve against it, as they do for ``vlm train`` and the orchestrator itself;
+- volumes map to folders under ``<workdir>/<job>/volumes``: a ConfigMap to a folder holding its
+  files (from the ConfigMap objects given with the job), a PVC to ``pvc/<claim>`` shared by all
+  replicas (like a ReadWriteMany claim), an emptyDir to a folder per replica; ``/dev/shm`` stays
+  the host's, and the ``cache`` volume (DeepSpeed's compiled ops, a minute to build) is this
+  machine's cache folder (``host_cache_dirs``). Mount paths in the command, args, env values and
+  ConfigMap files are rewritten to those folders, so ``--config /etc/vlm/config.yaml`` and an
+  ``output: /mnt/vlm/runs/x`` resolve locally;
+- each replica's output goes to ``<workdir>/<job>/logs/<replica>.log`` and to ``log`` with a
+  ``[master-0]`` prefix; ``secretKeyRef`` values come from ``secrets`` ({secret: {key: value}})
+  or this environment's variable of the same name, and are never logged.
 
-torchrun reads ``PET_<FLAG>`` for each of its flags, so a bare ``torchrun`` forms the job's
-static rendezvous on the Master (torchrun then sets the per-process RANK/WORLD_SIZE itself).
-``torchrun`` and ``python`` in a command run with this interpreter (the local "image").
+A restart restarts *all* replicas: on a cluster the surviving replicas' collectives fail as soon
+as a peer dies, so the whole group restarts there too, and a static torchrun rendezvous needs
+every node to rejoin anyway.
 
-Volumes map to local folders under ``workdir``: a ConfigMap to a folder holding its files (from
-sibling ConfigMap objects or ``config_files``), a PVC to ``volumes/pvc/<claim>`` shared by all
-replicas (like a ReadWriteMany claim), an emptyDir to a folder per replica; ``/dev/shm`` stays
-the host's, and the ``cache`` volume (compiled DeepSpeed ops) is this machine's cache folder
-(``host_cache_dirs``; ``volume_dirs`` maps any volume by name). Mount paths in the command, args, env values and ConfigMap files are rewritten to
-those folders, so ``--config /etc/vlm/config.yaml`` and an ``output: /mnt/vlm/runs/x`` resolve
-locally. ``secretKeyRef`` values come from ``secrets`` ({secret: {key: value}}) or, failing that,
-from this environment's variable of the same name; they are never logged.
-
-Restarts follow the operator: a failed replica under ``OnFailure``/``Always`` restarts; under
-``ExitCode`` only for retryable codes (>= 128: killed by a signal, e.g. 137 = SIGKILL, 143 =
-SIGTERM; 1-127 are permanent); ``Never`` fails the job. Every restart counts against
-``runPolicy.backoffLimit``. A restart restarts *all* replicas: on a cluster the surviving
-replicas' collectives fail as soon as a peer dies, so the whole group restarts there too,
-and a static torchrun rendezvous needs every node to rejoin anyway. The job succeeds when the
-Master exits 0 (all Workers without a Master), like the operator.
+Taking over: the replicas run in sessions of their own (stopping one stops its torchrun's
+children too), so they outlive a caller killed with SIGKILL. Their process ids are recorded in
+``<workdir>/<job>/processes.json``; running the same job again first stops what is left of the
+previous run, and the new replicas resume from the stage's newest checkpoint.
 
 What a resumed run guarantees (with ``--resume auto`` in the training command): training
 restarts from the newest complete checkpoint, so updates after it are recomputed; the data
@@ -51,10 +42,10 @@ differs. Samples of the steps between the last checkpoint and the failure are co
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -64,12 +55,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPLICA_ORDER = ("Master", "Worker")
-RETRYABLE_MIN_EXIT_CODE = 128  # the operator's rule: exit codes of signals are retryable
-DEFAULT_BACKOFF_LIMIT = 6  # batch/v1 Job's default, used when runPolicy.backoffLimit is unset
+from operators import training_operator as rules
+from operators.pytorchjob import JobOutcome, split_objects
+from operators.training_operator import Replica
+from vlm_core.ports import free_port
+
 STOP_GRACE_SECONDS = 10
 WORKER_GRACE_SECONDS = 30  # after the Master succeeds, Workers may still be shutting down
 SHM = "/dev/shm"
+PROCESSES_FILE = "processes.json"
 
 
 class LocalJobError(RuntimeError):
@@ -77,83 +71,10 @@ class LocalJobError(RuntimeError):
 
 
 @dataclass
-class Replica:
-    rtype: str
-    index: int
-    rank: int
-    container: dict[str, Any]
-    pod_spec: dict[str, Any]
-    restart_policy: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.rtype.lower()}-{self.index}"
-
-
-@dataclass
-class LocalJobResult:
-    name: str
-    state: str  # Succeeded | Failed
-    reason: str
-    restarts: int
+class LocalJobResult(JobOutcome):
+    restarts: int = 0
     exit_codes: list[dict[str, int]] = field(default_factory=list)  # per attempt: replica -> code
     log_dir: Path | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.state == "Succeeded"
-
-
-# ----------------------------------------------------------------------------- job structure
-
-
-def replicas_of(job: dict[str, Any]) -> list[Replica]:
-    specs = job["spec"]["pytorchReplicaSpecs"]
-    unknown = set(specs) - set(REPLICA_ORDER)
-    if unknown:
-        raise LocalJobError(f"replica types {sorted(unknown)} are not supported; allowed: {', '.join(REPLICA_ORDER)}")
-    out: list[Replica] = []
-    rank = 0
-    for rtype in REPLICA_ORDER:
-        if rtype not in specs:
-            continue
-        spec = specs[rtype]
-        pod = spec["template"]["spec"]
-        container = next((c for c in pod["containers"] if c.get("name") == "pytorch"), None)
-        if container is None:
-            raise LocalJobError(f"{rtype} has no container named 'pytorch'")
-        for index in range(int(spec.get("replicas", 1))):
-            out.append(Replica(rtype, index, rank, container, pod, spec.get("restartPolicy", "Never")))
-            rank += 1
-    return out
-
-
-def operator_env(job: dict[str, Any], replica: Replica, nodes: int, port: int) -> dict[str, str]:
-    """The variables the training operator injects into a replica's pod (see module doc)."""
-    spec = job["spec"]
-    nproc = str(spec.get("nprocPerNode", "auto"))
-    env = {"PYTHONUNBUFFERED": "1"}
-    if "Master" in spec["pytorchReplicaSpecs"]:
-        world = nodes * int(nproc) if nproc.isdigit() else nodes
-        env.update(
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-            PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(port),
-            WORLD_SIZE=str(world), RANK=str(replica.rank),
-            PET_NPROC_PER_NODE=nproc, PET_NODE_RANK=str(replica.rank),
-        )  # fmt: skip
-    elastic = spec.get("elasticPolicy")
-    if elastic is None:
-        env["PET_NNODES"] = str(nodes)
-    else:
-        low, high = elastic.get("minReplicas"), elastic.get("maxReplicas")
-        env["PET_NNODES"] = f"{low}:{high}" if low is not None and high is not None else str(nodes)
-        env["PET_RDZV_BACKEND"] = elastic.get("rdzvBackend", "c10d")
-        env["PET_RDZV_ENDPOINT"] = f"127.0.0.1:{port}"
-        if elastic.get("maxRestarts") is not None:
-            env["PET_MAX_RESTARTS"] = str(elastic["maxRestarts"])
-        if elastic.get("rdzvId"):
-            env["PET_RDZV_ID"] = elastic["rdzvId"]
-    return env
 
 
 # ----------------------------------------------------------------------------- volumes and paths
@@ -178,10 +99,6 @@ class PathMap:
         return self._pattern.sub(lambda m: str(self.mounts[m.group(1)]), text)
 
 
-def _config_map_data(config_maps: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    return {cm["metadata"]["name"]: dict(cm.get("data") or {}) for cm in config_maps}
-
-
 def host_cache_dirs() -> dict[str, Path]:
     """Volumes that map to this machine's own caches rather than per-run folders.
 
@@ -192,67 +109,80 @@ def host_cache_dirs() -> dict[str, Path]:
     return {"cache": root}
 
 
-def _prepare_volumes(
-    replica: Replica,
-    workdir: Path,
-    config_maps: dict[str, dict[str, str]],
-    config_files: Mapping[str, str | Path],
-    volume_dirs: Mapping[str, str | Path],
-) -> PathMap:
+def _volume_folder(replica: Replica, mount: dict[str, Any], volume: dict[str, Any], volumes_dir: Path) -> Path | None:
+    """The local folder of one mount (None: use the host's own, for /dev/shm)."""
+    if mount["name"] in host_cache_dirs():
+        return host_cache_dirs()[mount["name"]]
+    if "configMap" in volume:
+        return volumes_dir / "configmaps" / volume["configMap"]["name"]
+    if "emptyDir" in volume:
+        return None if mount["mountPath"] == SHM else volumes_dir / replica.name / mount["name"]
+    if "persistentVolumeClaim" in volume:
+        return volumes_dir / "pvc" / volume["persistentVolumeClaim"]["claimName"]
+    if "hostPath" in volume:
+        return Path(volume["hostPath"]["path"])
+    kinds = sorted(set(volume) - {"name"})
+    raise LocalJobError(
+        f"{replica.name}: volume {mount['name']!r} of type {kinds} is not supported locally; "
+        "supported: configMap, emptyDir, persistentVolumeClaim, hostPath"
+    )
+
+
+def _prepare_volumes(replica: Replica, volumes_dir: Path, config_maps: dict[str, dict[str, str]]) -> PathMap:
     volumes = {v["name"]: v for v in replica.pod_spec.get("volumes") or []}
     mounts: dict[str, Path] = {}
-    configmap_mounts: list[tuple[Path, str, dict[str, Any]]] = []
     for mount in replica.container.get("volumeMounts") or []:
-        path = mount["mountPath"]
         volume = volumes.get(mount["name"])
         if volume is None:
             raise LocalJobError(f"{replica.name}: volumeMount {mount['name']!r} names no volume of the pod")
-        if mount["name"] in volume_dirs:
-            mounts[path] = Path(volume_dirs[mount["name"]])
-        elif "configMap" in volume:
-            cm = volume["configMap"]["name"]
-            if cm in config_files:
-                mounts[path] = Path(config_files[cm])
-                continue
-            if cm not in config_maps:
-                raise LocalJobError(
-                    f"ConfigMap {cm!r} (volume {mount['name']!r}) not given: pass the ConfigMap object "
-                    "or config_files={name: folder}"
-                )
-            local = workdir / "volumes" / "configmaps" / cm
-            mounts[path] = local
-            configmap_mounts.append((local, cm, volume["configMap"]))
-        elif "emptyDir" in volume:
-            if path == SHM:
-                continue  # the host's own /dev/shm serves the same purpose
-            mounts[path] = workdir / "volumes" / replica.name / mount["name"]
-        elif "persistentVolumeClaim" in volume:
-            mounts[path] = workdir / "volumes" / "pvc" / volume["persistentVolumeClaim"]["claimName"]
-        elif "hostPath" in volume:
-            mounts[path] = Path(volume["hostPath"]["path"])
-        else:
-            kinds = sorted(set(volume) - {"name"})
+        if "configMap" in volume and volume["configMap"]["name"] not in config_maps:
             raise LocalJobError(
-                f"{replica.name}: volume {mount['name']!r} of type {kinds} is not supported locally; "
-                "supported: configMap, emptyDir, persistentVolumeClaim, hostPath"
+                f"ConfigMap {volume['configMap']['name']!r} (volume {mount['name']!r}) not given: "
+                "pass the ConfigMap object with the job"
             )
-        if mount.get("subPath"):
-            mounts[path] = mounts[path] / mount["subPath"]
+        folder = _volume_folder(replica, mount, volume, volumes_dir)
+        if folder is not None:
+            mounts[mount["mountPath"]] = folder / mount["subPath"] if mount.get("subPath") else folder
     for local in mounts.values():
         local.mkdir(parents=True, exist_ok=True)
     path_map = PathMap(mounts)
-    for local, cm, source in configmap_mounts:
-        data = config_maps[cm]
-        items = source.get("items") or [{"key": k, "path": k} for k in data]
-        for item in items:
-            target = local / item["path"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Files refer to other mounts by their container paths (e.g. output: /mnt/vlm/...).
-            target.write_text(path_map(data[item["key"]]))
+    for volume in volumes.values():
+        if "configMap" in volume and volume["configMap"]["name"] in config_maps:
+            _write_config_map(volumes_dir / "configmaps", volume["configMap"], config_maps, path_map)
     return path_map
 
 
+def _write_config_map(root: Path, source: dict[str, Any], config_maps: dict[str, dict[str, str]], path_map: PathMap) -> None:
+    data = config_maps[source["name"]]
+    for item in source.get("items") or [{"key": k, "path": k} for k in data]:
+        target = root / source["name"] / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Files refer to other mounts by their container paths (e.g. output: /mnt/vlm/...).
+        target.write_text(path_map(data[item["key"]]))
+
+
 # ----------------------------------------------------------------------------- env and command
+
+
+def _field_ref(job: dict[str, Any], replica: Replica, name: str, path: str) -> str:
+    fields = {
+        "metadata.name": f"{job['metadata']['name']}-{replica.name}",
+        "metadata.namespace": job["metadata"].get("namespace", "default"),
+        "status.podIP": "127.0.0.1",
+    }
+    if path not in fields:
+        raise LocalJobError(f"env {name}: fieldRef {path!r} is not supported locally; supported: {sorted(fields)}")
+    return fields[path]
+
+
+def _secret(name: str, ref: dict[str, Any], secrets: Mapping[str, Mapping[str, str]]) -> str | None:
+    value = (secrets.get(ref["name"]) or {}).get(ref["key"], os.environ.get(name))
+    if value is None and not ref.get("optional"):
+        raise LocalJobError(
+            f"env {name}: key {ref['key']!r} of Secret {ref['name']!r} is not available locally; "
+            f"set {name} in the environment or pass secrets={{{ref['name']!r}: {{...}}}}"
+        )
+    return value
 
 
 def _container_env(
@@ -260,32 +190,14 @@ def _container_env(
 ) -> dict[str, str]:
     env: dict[str, str] = {}
     for var in replica.container.get("env") or []:
-        name = var["name"]
+        name, source = var["name"], var.get("valueFrom") or {}
         if "value" in var:
             env[name] = path_map(str(var["value"]))
-            continue
-        source = var.get("valueFrom") or {}
-        if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            value = (secrets.get(ref["name"]) or {}).get(ref["key"], os.environ.get(name))
-            if value is None:
-                if ref.get("optional"):
-                    continue
-                raise LocalJobError(
-                    f"env {name}: key {ref['key']!r} of Secret {ref['name']!r} is not available locally; "
-                    f"set {name} in the environment or pass secrets={{{ref['name']!r}: {{...}}}}"
-                )
-            env[name] = value
+        elif "secretKeyRef" in source:
+            if (value := _secret(name, source["secretKeyRef"], secrets)) is not None:
+                env[name] = value
         elif "fieldRef" in source:
-            fields = {
-                "metadata.name": f"{job['metadata']['name']}-{replica.name}",
-                "metadata.namespace": job["metadata"].get("namespace", "default"),
-                "status.podIP": "127.0.0.1",
-            }
-            path = source["fieldRef"]["fieldPath"]
-            if path not in fields:
-                raise LocalJobError(f"env {name}: fieldRef {path!r} is not supported locally; supported: {sorted(fields)}")
-            env[name] = fields[path]
+            env[name] = _field_ref(job, replica, name, source["fieldRef"]["fieldPath"])
         else:
             raise LocalJobError(f"env {name}: valueFrom {sorted(source)} is not supported locally")
     return env
@@ -305,10 +217,12 @@ def _command(replica: Replica, path_map: PathMap) -> list[str]:
     return [*_LOCAL_PROGRAMS.get(argv[0], [argv[0]]), *(path_map(a) for a in argv[1:])]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass
+class _Launch:
+    replica: Replica
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
 
 
 # ----------------------------------------------------------------------------- processes
@@ -319,24 +233,95 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _descendants(pids: list[int]) -> list[int]:
+    """Every process below ``pids``: torchrun starts its workers in sessions of their own, so
+    signalling a replica's process group alone would not reach them."""
+    import psutil
+
+    found: list[int] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    return found
+
+
+def _stop_groups(pgids: list[int], reap: Callable[[], object] = lambda: None) -> None:
+    """TERM, then KILL after a grace period, each process group (a replica's own session) and
+    every process below it. ``reap`` collects our own exited children (a zombie still counts)."""
+    below = [pid for pid in _descendants(pgids) if pid not in pgids]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in pgids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+        for pid in below:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            reap()
+            if not any(map(_group_alive, pgids)) and not any(map(_running, below)):
+                return
+            time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def stop_leftovers(job_dir: Path, log: Callable[[str], None]) -> None:
+    """Stop the replicas a previous run of this job left behind (its caller was killed)."""
+    import psutil
+
+    record = job_dir / PROCESSES_FILE
+    if not record.exists():
+        return
+    alive = []
+    for entry in json.loads(record.read_text()):
+        with contextlib.suppress(psutil.Error):
+            # the same process, not a later one that reuses its pid
+            if abs(psutil.Process(entry["pid"]).create_time() - entry["create_time"]) < 0.01:
+                alive.append(entry["pid"])
+    if alive:
+        log(f"[{job_dir.name}] stopping {len(alive)} replica(s) left by an earlier run: {alive}")
+        _stop_groups(alive)
+    record.unlink()
+
+
 class _Attempt:
     """One start of all replicas; output pumped to the log with a ``[master-0]`` prefix."""
 
-    def __init__(self, launches: list[tuple[Replica, list[str], dict[str, str], Path]], log_dir: Path,
-                 attempt: int, log: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(self, launches: list[_Launch], job_dir: Path, attempt: int, log: Callable[[str], None]) -> None:
+        import psutil
+
         self.procs: dict[str, subprocess.Popen] = {}
         self.pumps: list[threading.Thread] = []
-        for replica, argv, env, cwd in launches:
-            log_file = (log_dir / f"{replica.name}.log").open("a")
+        self.record = job_dir / PROCESSES_FILE
+        for launch in launches:
+            log_file = (job_dir / "logs" / f"{launch.replica.name}.log").open("a")
             log_file.write(f"--- attempt {attempt}\n")
             proc = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                launch.argv, env=launch.env, cwd=launch.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopping it stops torchrun's children too
             )  # fmt: skip
-            self.procs[replica.name] = proc
-            pump = threading.Thread(target=self._pump, args=(replica.name, proc, log_file, log), daemon=True)
+            self.procs[launch.replica.name] = proc
+            pump = threading.Thread(target=self._pump, args=(launch.replica.name, proc, log_file, log), daemon=True)
             pump.start()
             self.pumps.append(pump)
+        started = [{"pid": p.pid, "create_time": psutil.Process(p.pid).create_time()} for p in self.procs.values()]
+        self.record.write_text(json.dumps(started))
 
     @staticmethod
     def _pump(name: str, proc: subprocess.Popen, log_file, log: Callable[[str], None]) -> None:
@@ -352,122 +337,114 @@ class _Attempt:
 
     def stop(self) -> None:
         """Stop every replica's whole process group: TERM, then KILL after a grace period."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.procs.values():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-            deadline = time.monotonic() + STOP_GRACE_SECONDS
-            while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
-                time.sleep(0.05)
+        _stop_groups([p.pid for p in self.procs.values()], reap=self.poll)
         for pump in self.pumps:
             pump.join(timeout=5)
+        self.record.unlink(missing_ok=True)
 
 
-def _restartable(policy: str, code: int) -> bool:
-    if policy in ("OnFailure", "Always"):
-        return True
-    if policy == "ExitCode":
-        return code >= RETRYABLE_MIN_EXIT_CODE
-    return False
+# ----------------------------------------------------------------------------- the backend
 
 
-def run_local(
-    job: dict[str, Any],
-    *,
-    workdir: str | Path,
-    config_maps: list[dict[str, Any]] = (),
-    config_files: Mapping[str, str | Path] | None = None,
-    volume_dirs: Mapping[str, str | Path] | None = None,
-    secrets: Mapping[str, Mapping[str, str]] | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-    log: Callable[[str], None] = print,
-    poll_interval: float = 0.1,
-) -> LocalJobResult:
-    """Run ``job`` (a PyTorchJob dict) to completion with local processes; see the module doc."""
-    name = job["metadata"]["name"]
-    workdir = Path(workdir).resolve()
-    log_dir = workdir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    replicas = replicas_of(job)
-    cm_data = _config_map_data(list(config_maps))
-    prepared = []
-    for replica in replicas:
-        path_map = _prepare_volumes(
-            replica, workdir, cm_data, config_files or {}, host_cache_dirs() if volume_dirs is None else volume_dirs
-        )
-        base = {**os.environ, **(env or {}), **_container_env(replica, job, path_map, secrets or {})}
-        working_dir = replica.container.get("workingDir")
-        cwd = Path(path_map(working_dir)) if working_dir else workdir
-        cwd.mkdir(parents=True, exist_ok=True)
-        prepared.append((replica, _command(replica, path_map), base, cwd))
+class LocalBackend:
+    """Run PyTorchJobs with local processes; ``run(objects)`` returns a ``LocalJobResult``.
 
-    run_policy = job["spec"].get("runPolicy") or {}
-    backoff_limit = run_policy.get("backoffLimit", DEFAULT_BACKOFF_LIMIT)
-    deadlines = [t for t in (timeout, run_policy.get("activeDeadlineSeconds")) if t is not None]
-    deadline = time.monotonic() + min(deadlines) if deadlines else None
-    by_name = {r.name: r for r in replicas}
-    has_master = any(r.rtype == "Master" for r in replicas)
-    result = LocalJobResult(name, "Failed", "", restarts=0, log_dir=log_dir)
+    ``workdir`` holds one folder per job (volumes, logs, the process record); ``timeout``
+    (seconds) stops and fails a job that runs longer, as ``activeDeadlineSeconds`` does."""
 
-    while True:
-        port = _free_port()  # fresh per attempt: the old one may linger in TIME_WAIT
-        launches = [
-            (r, argv, {**base, **operator_env(job, r, len(replicas), port)}, cwd) for r, argv, base, cwd in prepared
-        ]
-        log(f"[{name}] attempt {result.restarts}: starting {', '.join(r.name for r in replicas)} (port {port})")
-        attempt = _Attempt(launches, log_dir, result.restarts, log)
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        log: Callable[[str], None] = print,
+        poll_interval: float = 0.1,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.secrets, self.env = secrets or {}, dict(env or {})
+        self.timeout, self.log, self.poll_interval = timeout, log, poll_interval
+
+    def run(self, objects: list[dict[str, Any]]) -> LocalJobResult:
+        job, config_maps = split_objects(objects)
+        job_dir = self.workdir / job["metadata"]["name"]
+        (job_dir / "logs").mkdir(parents=True, exist_ok=True)
+        stop_leftovers(job_dir, self.log)
         try:
-            outcome = _supervise(attempt, has_master, deadline, poll_interval)
+            replicas = rules.replicas_of(job)
+        except rules.UnsupportedJob as err:
+            raise LocalJobError(str(err)) from None
+        cm_data = {cm["metadata"]["name"]: dict(cm.get("data") or {}) for cm in config_maps}
+        launches = [self._prepare(job, replica, job_dir / "volumes", cm_data) for replica in replicas]
+        return self._run_attempts(job, launches, job_dir)
+
+    def _prepare(self, job: dict[str, Any], replica: Replica, volumes_dir: Path, cm_data: dict) -> _Launch:
+        path_map = _prepare_volumes(replica, volumes_dir, cm_data)
+        env = {**os.environ, **self.env, **_container_env(replica, job, path_map, self.secrets)}
+        working_dir = replica.container.get("workingDir")
+        cwd = Path(path_map(working_dir)) if working_dir else Path.cwd()
+        cwd.mkdir(parents=True, exist_ok=True)
+        return _Launch(replica, _command(replica, path_map), env, cwd)
+
+    def _deadline(self, job: dict[str, Any]) -> float | None:
+        limits = [t for t in (self.timeout, (job["spec"].get("runPolicy") or {}).get("activeDeadlineSeconds")) if t]
+        return time.monotonic() + min(limits) if limits else None
+
+    def _run_attempts(self, job: dict[str, Any], launches: list[_Launch], job_dir: Path) -> LocalJobResult:
+        name = job["metadata"]["name"]
+        result = LocalJobResult(name, "Failed", log_dir=job_dir / "logs")
+        limit, deadline = rules.backoff_limit(job), self._deadline(job)
+        policies = {launch.replica.name: launch.replica.restart_policy for launch in launches}
+        while True:
+            state, reason, failed = self._attempt(job, launches, job_dir, result, deadline)
+            if state == "Succeeded":
+                result.state, result.reason = state, reason
+                break
+            if failed is None:  # out of time
+                result.reason = reason
+                break
+            replica, code = failed
+            if not rules.restartable(policies[replica], code):
+                result.reason = f"{replica} exited with {code} (restartPolicy {policies[replica]}: not retried)"
+                break
+            if result.restarts >= limit:
+                result.reason = f"BackoffLimitExceeded: {replica} exited with {code} after {result.restarts} restarts"
+                break
+            result.restarts += 1
+            self.log(f"[{name}] {replica} exited with {code}: restarting all replicas ({result.restarts}/{limit})")
+        self.log(f"[{name}] {result.state}: {result.reason}")
+        return result
+
+    def _attempt(self, job, launches, job_dir, result, deadline) -> tuple[str, str, tuple[str, int] | None]:
+        port = free_port()  # fresh per attempt: the old one may linger in TIME_WAIT
+        nodes = len(launches)
+        started = [
+            _Launch(la.replica, la.argv, {**la.env, **rules.operator_env(job, la.replica, nodes, port)}, la.cwd)
+            for la in launches
+        ]
+        names = ", ".join(la.replica.name for la in launches)
+        self.log(f"[{result.name}] attempt {result.restarts}: starting {names} (port {port})")
+        attempt = _Attempt(started, job_dir, result.restarts, self.log)
+        try:
+            outcome = self._supervise(attempt, any(la.replica.rtype == "Master" for la in launches), deadline)
         finally:
             attempt.stop()
         result.exit_codes.append({k: v for k, v in attempt.poll().items() if v is not None})
-        state, reason, failed = outcome
-        if state == "Succeeded":
-            result.state, result.reason = "Succeeded", reason
-            break
-        if state == "DeadlineExceeded":
-            result.reason = "DeadlineExceeded"
-            break
-        replica, code = failed
-        if not _restartable(by_name[replica].restart_policy, code):
-            result.reason = f"{replica} exited with {code} (restartPolicy {by_name[replica].restart_policy}: not retried)"
-            break
-        if result.restarts >= backoff_limit:
-            result.reason = f"BackoffLimitExceeded: {replica} exited with {code} after {result.restarts} restarts"
-            break
-        result.restarts += 1
-        log(f"[{name}] {replica} exited with {code}: restarting all replicas ({result.restarts}/{backoff_limit})")
-    log(f"[{name}] {result.state}: {result.reason}")
-    return result
+        return outcome
 
-
-def _supervise(
-    attempt: _Attempt, has_master: bool, deadline: float | None, poll_interval: float
-) -> tuple[str, str, tuple[str, int] | None]:
-    while True:
-        codes = attempt.poll()
-        if has_master and codes["master-0"] == 0:
-            # The job has succeeded (the operator's rule); let Workers finish on their own for a while.
-            grace = time.monotonic() + WORKER_GRACE_SECONDS
-            while time.monotonic() < grace and None in attempt.poll().values():
-                time.sleep(poll_interval)
-            return "Succeeded", "master-0 exited with 0", None
-        failed = [(n, c) for n, c in codes.items() if c not in (None, 0)]
-        if failed:
-            return "Failed", "", failed[0]
-        done = [n for n, c in codes.items() if c == 0]
-        if not has_master and len(done) == len(codes):
-            return "Succeeded", "all workers exited with 0", None
-        if deadline is not None and time.monotonic() > deadline:
-            return "DeadlineExceeded", "", None
-        time.sleep(poll_interval)
-
-
-def run_objects(objects: list[dict[str, Any]], **options: Any) -> LocalJobResult:
-    """Run the one PyTorchJob among ``objects``, its ConfigMaps taken from the same list."""
-    jobs = [o for o in objects if o.get("kind") == "PyTorchJob"]
-    if len(jobs) != 1:
-        raise LocalJobError(f"expected exactly one PyTorchJob among the objects, got {len(jobs)}")
-    config_maps = [o for o in objects if o.get("kind") == "ConfigMap"]
-    return run_local(jobs[0], config_maps=config_maps, **options)
+    def _supervise(self, attempt: _Attempt, has_master: bool, deadline: float | None) -> tuple[str, str, tuple[str, int] | None]:
+        while True:
+            codes = attempt.poll()
+            if (reason := rules.succeeded(codes, has_master)) is not None:
+                # The job has succeeded (the operator's rule); let Workers finish on their own for a while.
+                grace = time.monotonic() + WORKER_GRACE_SECONDS
+                while time.monotonic() < grace and None in attempt.poll().values():
+                    time.sleep(self.poll_interval)
+                return "Succeeded", reason, None
+            failed = [(n, c) for n, c in codes.items() if c not in (None, 0)]
+            if failed:
+                return "Failed", "", failed[0]
+            if deadline is not None and time.monotonic() > deadline:
+                return "Failed", "DeadlineExceeded", None
+            time.sleep(self.poll_interval)

@@ -1,18 +1,26 @@
-"""Build the Kubeflow PyTorchJob (kubeflow.org/v1) that runs one training stage, and launch it.
+"""Build the run-time Kubernetes objects of a run: one PyTorchJob (kubeflow.org/v1) per training
+stage and one for eval, each with the ConfigMap it mounts. The chart never templates these; this
+module is their one source (docs/ARCHITECTURE.md, "Platform").
 
-One stage is one PyTorchJob named ``<cfg.name>-<stage>``: a Master and ``nodes - 1`` Workers
-(no Worker spec for one node), each a pod whose container ``pytorch`` runs::
+A step is one PyTorchJob named ``<cfg.name>-<step>`` (``<run>-align``, ``<run>-eval``): a Master
+and ``nodes - 1`` Workers (no Worker spec for one node), each a pod whose container ``pytorch``
+runs, for a training stage and for eval::
 
     torchrun -m vlm_core.cli train --config /etc/vlm/config.yaml --stage <stage> --resume auto
+    torchrun -m vlm_core.cli eval run --config /etc/vlm/config.yaml
 
 torchrun takes no topology flags: the training operator injects them as environment variables
 (``PET_NNODES``, ``PET_NODE_RANK``, ``PET_NPROC_PER_NODE``, ``PET_MASTER_ADDR``,
 ``PET_MASTER_PORT``; torchrun reads any ``--flag`` from ``PET_FLAG``), so the same command is right
 on every replica and the job's replica counts are the single source of truth. ``--resume auto``
-makes a restarted pod continue from the newest checkpoint of the stage.
+makes a restarted pod continue from the newest checkpoint of the stage; eval resumes from the
+answers it already wrote.
 
-The run config reaches the pods through a ConfigMap (``build_config_map``) mounted at
-``/etc/vlm``; it holds no secrets (S3 keys come from a Secret through ``secretKeyRef`` only).
+Each job mounts its own ConfigMap ``<job>-config`` (the exact config that job runs: staged data,
+the checkpoint eval scores) at ``/etc/vlm``; it holds no secrets (S3 keys come from a Secret
+through ``secretKeyRef`` only). Every object carries the labels ``app.kubernetes.io/name``,
+``instance`` and ``part-of`` (the run name) and ``component`` (the step), the same as the
+chart's install-time objects, so a run's objects can be listed and deleted by label.
 
 Elastic mode (``cluster.elastic_min_nodes``) emits Workers only, the operator's elastic layout:
 the c10d rendezvous lives on worker-0 and ``minReplicas``/``maxReplicas`` count Worker pods.
@@ -22,7 +30,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import yaml
 
@@ -43,39 +52,55 @@ CACHE_DIR = "/cache"
 NON_ROOT_UID = 1000
 
 
-def config_map_name(cfg: RunConfig) -> str:
-    return cfg.cluster.config_map or f"{cfg.name}-config"
+EVAL = "eval"  # the step name of eval: job `<run>-eval`, component label `eval`
 
 
-def job_name(cfg: RunConfig, stage: str) -> str:
-    return f"{cfg.name}-{stage}"
+def job_name(cfg: RunConfig, step: str) -> str:
+    return f"{cfg.name}-{step}"
 
 
-def _labels(cfg: RunConfig, stage: str | None = None) -> dict[str, str]:
-    labels = {"app.kubernetes.io/name": "vlm-platform", "app.kubernetes.io/instance": cfg.name}
-    if stage:
-        labels["vlm-platform/stage"] = stage
-    return labels
+def config_map_name(cfg: RunConfig, step: str) -> str:
+    return f"{job_name(cfg, step)}-config"
 
 
-def build_config_map(cfg: RunConfig, *, name: str | None = None) -> dict[str, Any]:
-    """The ConfigMap carrying the run config as ``config.yaml`` (mounted at /etc/vlm)."""
+def labels(cfg: RunConfig, component: str) -> dict[str, str]:
+    """The labels of every object of a run (the chart's install-time objects carry the same)."""
+    return {
+        "app.kubernetes.io/name": "vlm-platform",
+        "app.kubernetes.io/instance": cfg.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": cfg.name,
+    }
+
+
+def _check_step(cfg: RunConfig, step: str) -> None:
+    if step == EVAL:
+        if not cfg.eval.benchmarks:
+            raise ValueError("eval has no benchmarks configured (eval.benchmarks is empty)")
+    else:
+        cfg.stage(step)  # a clear error for an unconfigured stage
+
+
+def build_config_map(cfg: RunConfig, step: str) -> dict[str, Any]:
+    """The ConfigMap carrying the run config of one step as ``config.yaml`` (mounted at /etc/vlm)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": name or config_map_name(cfg), "namespace": cfg.cluster.namespace, "labels": _labels(cfg)},
+        "metadata": {
+            "name": config_map_name(cfg, step),
+            "namespace": cfg.cluster.namespace,
+            "labels": labels(cfg, step),
+        },
         "data": {CONFIG_FILE: cfg.to_yaml()},
     }
 
 
-def train_command(stage: str) -> tuple[list[str], list[str]]:
-    """(command, args) of the ``pytorch`` container."""
-    return ["torchrun"], [
-        "-m", "vlm_core.cli", "train",
-        "--config", f"{CONFIG_DIR}/{CONFIG_FILE}",
-        "--stage", stage,
-        "--resume", "auto",
-    ]  # fmt: skip
+def container_command(step: str) -> tuple[list[str], list[str]]:
+    """(command, args) of the ``pytorch`` container of a training stage or of eval."""
+    config = f"{CONFIG_DIR}/{CONFIG_FILE}"
+    if step == EVAL:
+        return ["torchrun"], ["-m", "vlm_core.cli", "eval", "run", "--config", config]
+    return ["torchrun"], ["-m", "vlm_core.cli", "train", "--config", config, "--stage", step, "--resume", "auto"]
 
 
 def _resources(cfg: RunConfig) -> dict[str, Any]:
@@ -131,13 +156,13 @@ def _volumes(cfg: RunConfig, config_map: str) -> tuple[list[dict[str, Any]], lis
     return volumes, mounts
 
 
-def _pod_template(cfg: RunConfig, stage: str, image: str, config_map: str, elastic: bool) -> dict[str, Any]:
+def _pod_template(cfg: RunConfig, step: str, elastic: bool) -> dict[str, Any]:
     cluster, sched = cfg.cluster, cfg.cluster.scheduling
-    command, args = train_command(stage)
-    volumes, mounts = _volumes(cfg, config_map)
+    command, args = container_command(step)
+    volumes, mounts = _volumes(cfg, config_map_name(cfg, step))
     container = {
         "name": CONTAINER,
-        "image": image,
+        "image": cluster.image,
         "imagePullPolicy": cluster.image_pull_policy,
         "command": command,
         "args": args,
@@ -162,7 +187,7 @@ def _pod_template(cfg: RunConfig, stage: str, image: str, config_map: str, elast
     config_sha = hashlib.sha256(cfg.to_yaml().encode()).hexdigest()[:16]
     return {
         # The checksum tells which run config a pod started with (ConfigMaps change in place).
-        "metadata": {"labels": _labels(cfg, stage), "annotations": {"vlm-platform/config-sha256": config_sha}},
+        "metadata": {"labels": labels(cfg, step), "annotations": {"vlm-platform/config-sha256": config_sha}},
         "spec": spec,
     }
 
@@ -199,27 +224,19 @@ def container_security_context() -> dict[str, Any]:
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
 
 
-def build_pytorchjob(
-    cfg: RunConfig,
-    stage: str,
-    *,
-    config_map: str | None = None,
-    image: str | None = None,
-    nodes: int | None = None,
-    namespace: str | None = None,
-) -> dict[str, Any]:
-    """The PyTorchJob running ``stage`` of ``cfg`` (overrides: image, node count, namespace)."""
-    cfg.stage(stage)  # a clear error for an unconfigured stage
-    nodes = nodes or cfg.distributed.nodes
-    if nodes < 1:
-        raise ValueError(f"nodes must be at least 1 (got {nodes})")
+def build_pytorchjob(cfg: RunConfig, step: str) -> dict[str, Any]:
+    """The PyTorchJob running ``step`` (a training stage, or ``eval``) of ``cfg``.
+
+    Everything comes from the config; change it with ``cfg.with_overrides`` (one override path)."""
+    _check_step(cfg, step)
+    nodes = cfg.distributed.nodes
     cluster = cfg.cluster
     elastic = cluster.elastic_min_nodes is not None
     if elastic and not 1 <= cluster.elastic_min_nodes <= nodes:
         raise ValueError(
             f"cluster.elastic_min_nodes must lie in 1..nodes={nodes} (got {cluster.elastic_min_nodes})"
         )
-    template = _pod_template(cfg, stage, image or cluster.image, config_map or config_map_name(cfg), elastic)
+    template = _pod_template(cfg, step, elastic)
 
     def replica(count: int) -> dict[str, Any]:
         # Each replica owns its template: shared dicts would alias (and render as YAML anchors).
@@ -242,13 +259,24 @@ def build_pytorchjob(
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {
-            "name": job_name(cfg, stage),
-            "namespace": namespace or cluster.namespace,
-            "labels": _labels(cfg, stage),
-        },
+        "metadata": {"name": job_name(cfg, step), "namespace": cluster.namespace, "labels": labels(cfg, step)},
         "spec": spec,
     }
+
+
+def render_job(cfg: RunConfig, step: str) -> list[dict[str, Any]]:
+    """The ConfigMap and the validated PyTorchJob of one step (``InvalidPyTorchJob`` lists problems)."""
+    from operators.validation import validate_pytorchjob
+
+    job = validate_pytorchjob(build_pytorchjob(cfg, step))
+    return [build_config_map(cfg, step), job]
+
+
+def with_owner(objects: list[dict[str, Any]], owner: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The objects owned by ``owner`` (an ownerReference): deleting the owner deletes them."""
+    if owner is None:
+        return objects
+    return [{**o, "metadata": {**o["metadata"], "ownerReferences": [owner]}} for o in objects]
 
 
 def render_yaml(objects: list[dict[str, Any]]) -> str:
@@ -256,39 +284,49 @@ def render_yaml(objects: list[dict[str, Any]]) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False)
 
 
-def render_stage(cfg: RunConfig, stage: str, **overrides: Any) -> list[dict[str, Any]]:
-    """The ConfigMap and the PyTorchJob of one stage, validated (``ValueError`` lists problems)."""
-    from operators.validation import validate_pytorchjob
-
-    config_map = build_config_map(cfg)
-    if overrides.get("namespace"):
-        config_map["metadata"]["namespace"] = overrides["namespace"]
-    job = build_pytorchjob(cfg, stage, config_map=config_map["metadata"]["name"], **overrides)
-    validate_pytorchjob(job)
-    return [config_map, job]
+def split_objects(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the one PyTorchJob, its ConfigMaps) of a step's objects."""
+    jobs = [o for o in objects if o.get("kind") == KIND]
+    if len(jobs) != 1:
+        raise ValueError(f"expected exactly one PyTorchJob among the objects, got {len(jobs)}")
+    return jobs[0], [o for o in objects if o.get("kind") == "ConfigMap"]
 
 
-# ----------------------------------------------------------------------------- launching
+# ----------------------------------------------------------------------------- backends
 
-# name -> "module:function(objects, **options)"; imported on use (the kubernetes client is slow to load)
+
+@dataclass
+class JobOutcome:
+    """How a PyTorchJob ended, on any backend."""
+
+    name: str
+    state: str  # Succeeded | Failed
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "Succeeded"
+
+    def describe(self) -> str:
+        return f"PyTorchJob {self.name} {self.state}" + "".join(f": {p}" for p in (self.reason, self.message) if p)
+
+
+class JobBackend(Protocol):
+    def run(self, objects: list[dict[str, Any]]) -> JobOutcome:
+        """Run the PyTorchJob among ``objects`` (with its ConfigMaps) to its end."""
+        ...
+
+
+# name -> "module:class"; imported on use (the kubernetes client is slow to load)
 BACKENDS: Registry[str] = Registry("PyTorchJob backend")
-BACKENDS.add("local", "operators.local_backend:run_objects")
-BACKENDS.add("kubernetes", "operators.k8s_backend:submit_and_wait")
+BACKENDS.add("local", "operators.local_backend:LocalBackend")
+BACKENDS.add("kubernetes", "operators.k8s_backend:KubernetesBackend")
 
 
-def run_pytorchjob(objects: dict[str, Any] | list[dict[str, Any]], backend: str = "local", **options: Any) -> Any:
-    """Run a PyTorchJob (with its ConfigMaps) on a backend; what KFP components call.
-
-    ``local``: ``workdir=``, ``timeout=``, ``secrets=`` ... (``LocalJobResult``);
-    ``kubernetes``: ``namespace=``, ``wait=``, ``timeout=``, ``delete=`` ... (``JobStatus``).
-    """
+def job_backend(name: str, **options: Any) -> JobBackend:
+    """The backend ``name`` (``local`` | ``kubernetes``) built with ``options``."""
     import importlib
 
-    module, function = BACKENDS.get(backend).split(":")
-    objects = [objects] if isinstance(objects, dict) else list(objects)
-    for obj in objects:
-        if obj.get("kind") == KIND:
-            from operators.validation import validate_pytorchjob
-
-            validate_pytorchjob(obj)
-    return getattr(importlib.import_module(module), function)(objects, **options)
+    module, cls = BACKENDS.get(name).split(":")
+    return getattr(importlib.import_module(module), cls)(**options)

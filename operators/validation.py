@@ -10,8 +10,9 @@ Two layers, every problem reported at once:
    ``x-kubernetes-validations`` holds only a transition rule (``self == oldSelf`` on the queue),
    which applies to updates, never to a new object.
 2. The operator's validating webhook: a DNS-1035 name; replica types Master or Worker only; in
-   every replica a container named ``pytorch`` and an image in every container; one Master;
-   ``elasticPolicy`` only with a Worker replica spec; ``runPolicy.managedBy`` from the known values.
+   every replica a container named ``pytorch`` (``pytorchjob.CONTAINER``) and an image in every
+   container; one Master; ``elasticPolicy`` only with a Worker replica spec; ``runPolicy.managedBy``
+   from the known values.
    ``restartPolicy`` is checked against the values the CRD documents (the schema has no enum).
 """
 
@@ -26,6 +27,8 @@ from typing import Any
 import jsonschema
 import yaml
 from jsonschema import Draft4Validator, ValidationError, validators
+
+from operators.pytorchjob import CONTAINER, GROUP, KIND, VERSION
 
 REPLICA_TYPES = ("Master", "Worker")
 RESTART_POLICIES = ("Always", "OnFailure", "Never", "ExitCode")
@@ -139,8 +142,8 @@ def _containers(rspec: Any) -> list[Any]:
 
 
 def webhook_problems(obj: dict[str, Any]) -> Iterator[str]:
-    if obj.get("apiVersion") != "kubeflow.org/v1" or obj.get("kind") != "PyTorchJob":
-        yield f"apiVersion/kind: expected kubeflow.org/v1 PyTorchJob (got {obj.get('apiVersion')!r} {obj.get('kind')!r})"
+    if obj.get("apiVersion") != f"{GROUP}/{VERSION}" or obj.get("kind") != KIND:
+        yield f"apiVersion/kind: expected {GROUP}/{VERSION} {KIND} (got {obj.get('apiVersion')!r} {obj.get('kind')!r})"
     name = (obj.get("metadata") or {}).get("name")
     if not isinstance(name, str) or len(name) > 63 or not DNS1035.match(name):
         yield (
@@ -173,8 +176,8 @@ def webhook_problems(obj: dict[str, Any]) -> Iterator[str]:
         for index, container in enumerate(containers):
             if isinstance(container, dict) and not container.get("image"):
                 yield f"{path}.template.spec.containers[{index}].image: must be given"
-        if containers and not any(isinstance(c, dict) and c.get("name") == "pytorch" for c in containers):
-            yield f"{path}.template.spec.containers: must have a container named 'pytorch'"
+        if containers and not any(isinstance(c, dict) and c.get("name") == CONTAINER for c in containers):
+            yield f"{path}.template.spec.containers: must have a container named {CONTAINER!r}"
         if not isinstance(rspec, dict):
             continue
         if rtype == "Master" and rspec.get("replicas") != 1:

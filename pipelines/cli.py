@@ -13,25 +13,41 @@ def pipeline_group() -> None:
 
 
 @pipeline_group.command("compile")
-@click.option("-o", "--output", "output", default=None, help="YAML file to write (default: pipelines/vlm_pipeline.yaml).")
-def compile_command(output: str | None) -> None:
+@click.option("--config", "config", default=None, help="Compile the pipeline of this run config's stages (default: align -> instruct -> eval).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value before compiling (repeatable).")
+@click.option("-o", "--output", "output", default=None,
+              help="YAML file to write (default: pipelines/vlm_pipeline.yaml; with --config: <run name>-pipeline.yaml).")
+def compile_command(config: str | None, sets: tuple[str, ...], output: str | None) -> None:
     """Compile the pipeline to the YAML that the KFP UI uploads."""
-    from pipelines.pipeline import COMPILED_PATH, compile_pipeline
+    from operators.orchestrator.cli import one_line_errors
+    from pipelines.pipeline import COMPILED_PATH, DEFAULT_SHAPE, PipelineShape, compile_pipeline
 
-    click.echo(f"wrote {compile_pipeline(output or COMPILED_PATH)}")
+    if config is None:
+        if sets:
+            raise click.UsageError("--set needs --config")
+        click.echo(f"wrote {compile_pipeline(output or COMPILED_PATH, DEFAULT_SHAPE)}")
+        return
+    from operators.run_config import load_run_config
+
+    with one_line_errors():
+        cfg = load_run_config(config, sets)
+        shape = PipelineShape.of(cfg)
+    click.echo(f"wrote {compile_pipeline(output or f'{cfg.name}-pipeline.yaml', shape)}")
 
 
 @pipeline_group.command("run")
-@click.option("--local", "local", is_flag=True, required=True, help="Run with kfp.local on this machine.")
 @click.option("--config", "config", required=True, help="Run config (YAML, any URL).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value (repeatable; values are YAML).")
 @click.option("--s3", is_flag=True, help="Keep data and outputs in a local moto S3 server instead of a folder.")
-@click.option("--synth/--no-synth", default=True, show_default=True, help="Generate the synthetic dataset when the config's data is missing.")
 @click.option("--pipeline-root", default=None, help="Folder for KFP's task outputs (default: <output>/kfp).")
-def run_command(local: bool, config: str, s3: bool, synth: bool, pipeline_root: str | None) -> None:
-    """Run stage -> align -> instruct -> eval end to end and print the eval table."""
+@click.option("--local", "_local", is_flag=True, hidden=True, help="Accepted for older command lines: runs are local.")
+def run_command(config: str, sets: tuple[str, ...], s3: bool, pipeline_root: str | None, _local: bool) -> None:
+    """Run the KFP pipeline of a config on this machine (kfp.local) and print the eval table."""
+    from operators.orchestrator.cli import one_line_errors
     from pipelines.local import run_local
 
-    click.echo(run_local(config, s3=s3, synth=synth, pipeline_root=pipeline_root), nl=False)
+    with one_line_errors():
+        click.echo(run_local(config, sets=sets, s3=s3, pipeline_root=pipeline_root), nl=False)
 
 
 def _load(config: str):

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from operators.local_backend import run_objects
-from operators.pytorchjob import build_config_map, build_pytorchjob
+from operators.local_backend import LocalBackend
+from operators.pytorchjob import build_config_map, build_pytorchjob, render_job
 from vlm_core.config import parse_config
+
+
+def run_objects(objects, *, workdir, **options):
+    return LocalBackend(workdir, **options).run(objects)
 
 STEPS = 8
 
@@ -85,7 +89,7 @@ def make_job(tmp_path: Path, restart_policy: str = "OnFailure"):
         container = spec["template"]["spec"]["containers"][0]
         # the same torchrun launch as the real job, with the toy script in place of vlm_core.cli
         container["args"] = [str(script), "/mnt/ckpt/run", str(STEPS), "0.4"]
-    return [build_config_map(cfg), job], tmp_path / "work" / "volumes" / "pvc" / "ckpt" / "run"
+    return [build_config_map(cfg, "align"), job], tmp_path / "work" / "ft-align" / "volumes" / "pvc" / "ckpt" / "run"
 
 
 ENV = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -176,7 +180,7 @@ def test_real_training_killed_in_a_worker_resumes_from_its_newest_checkpoint(tmp
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     lines: list[str] = []
-    result = run_objects([build_config_map(cfg), build_pytorchjob(cfg, "align")], workdir=tmp_path / "job",
+    result = run_objects(render_job(cfg, "align"), workdir=tmp_path / "job",
                          env=ENV, timeout=840, log=lines.append)
     thread.join(timeout=5)
     log = "\n".join(lines)
@@ -189,3 +193,72 @@ def test_real_training_killed_in_a_worker_resumes_from_its_newest_checkpoint(tmp
     final = json.loads((checkpoints / "checkpoint-12" / "trainer_state.json").read_text())
     assert final["global_step"] == 12
     assert (tmp_path / "run" / "align" / "model.safetensors").exists()
+
+
+def _tiny_stage_config(tmp_path: Path, deepspeed: str) -> Path:
+    """The quickstart's tiny model on a small synthetic set: align, 4 steps, a checkpoint every 2."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    data_dir = tmp_path / "synth"
+    subprocess.run([sys.executable, "-m", "vlm_core.cli", "synth", str(data_dir), "--train", "40", "--eval", "2"],
+                   check=True, capture_output=True)  # fmt: skip
+    data = yaml.safe_load((root / "configs" / "quickstart.yaml").read_text())
+    for spec in data["data"]["datasets"].values():
+        spec["url"] = str(data_dir / Path(spec["url"]).name)
+        spec["image_root"] = str(data_dir)
+    data["stages"] = {"align": {**data["stages"]["align"], "max_steps": 4, "save_steps": 2, "logging_steps": 1,
+                                "warmup_steps": 1, "per_device_batch_size": 4}}  # fmt: skip
+    data["distributed"] = {"deepspeed": deepspeed, "nodes": 1, "procs_per_node": 1}
+    data["eval"] = {}
+    data["output"] = str(tmp_path / "run")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(parse_config(data).model_dump(mode="json")))
+    return path
+
+
+def _train(config: Path) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "vlm_core.cli", "train", "--config", str(config), "--stage", "align",
+                           "--resume", "auto"], check=False, env={**os.environ, **ENV}, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_a_stage_resumed_at_its_last_step_trains_nothing_and_completes(tmp_path):
+    """A replica killed while the final model is being saved: the restarted trainer resumes from
+    checkpoint-4 of a 4-step stage. It must not train a step 5: the final model is checkpoint-4's
+    weights, and the completion marker says step 4. Started once more, it does nothing at all."""
+    from safetensors.torch import load_file
+
+    from vlm_core.completion import MARKER
+
+    config = _tiny_stage_config(tmp_path, "none")
+    stage = tmp_path / "run" / "align"
+    _train(config)
+    assert json.loads((stage / MARKER).read_text())["global_step"] == 4
+    # the kill: the final save never finished, so neither the model nor the marker is there
+    (stage / "model.safetensors").unlink()
+    (stage / MARKER).unlink()
+
+    log = _train(config)
+    assert "resuming from" in log and "checkpoint-4" in log, log[-3000:]
+    checkpoints = sorted(p.name for p in (stage / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]  # no step 5, no checkpoint-5
+    final, saved = load_file(stage / "model.safetensors"), load_file(stage / "checkpoints" / "checkpoint-4" / "model.safetensors")
+    assert final.keys() == saved.keys() and all((final[k] == saved[k]).all() for k in final)
+    marker = json.loads((stage / MARKER).read_text())
+    assert marker["global_step"] == 4 and marker["step"] == "align"
+
+    before = (stage / "model.safetensors").stat().st_mtime_ns
+    log = _train(config)
+    assert "stage align is complete" in log and "nothing to train" in log
+    assert (stage / "model.safetensors").stat().st_mtime_ns == before

@@ -1,218 +1,34 @@
-"""The Kubernetes backend against a local HTTP server speaking the Kubernetes API's JSON.
-
-The server keeps objects with resourceVersions and an event history, serves watches as
-newline-delimited JSON over chunked HTTP/1.1 (as the API server does), answers a watch from a
-compacted resourceVersion with an ``ERROR`` 410 event, and streams pod logs. The real kubernetes
-client code path runs against it; tests assert on the requests it received.
-"""
+"""The Kubernetes backend against the RBAC-enforcing test API server (tests/kube_api.py), as the
+launcher ServiceAccount bound to the Role the chart renders: adopt-or-create, watch with
+reconnects, logs, ownership, and refused requests as one line."""
 
 from __future__ import annotations
 
 import copy
-import json
-import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pytest
-from kubernetes import client
 
-from operators.k8s_backend import JobTimeout, KubernetesBackend, submit_and_wait
-from operators.pytorchjob import build_config_map, build_pytorchjob
+pytest.importorskip("helm_python")
+
+from operators.k8s_backend import JobTimeout, KubeApiError, KubernetesBackend
+from operators.pytorchjob import render_job
+from tests.kube_api import KubeServer, render_chart_rbac
 from vlm_core.config import parse_config
 
-JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
-CONFIGMAPS = re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?$")
-PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
-POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
-
-
-def status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": message}
-
-
-class FakeKubeAPI:
-    def __init__(self) -> None:
-        self.lock = threading.Condition()
-        self.objects: dict[tuple[str, str, str], dict] = {}  # (resource, namespace, name)
-        self.events: list[tuple[int, str, dict]] = []
-        self.rv = 0
-        self.oldest_rv = 0  # watches from an older resourceVersion get 410 Gone
-        self.requests: list[tuple[str, str, dict, object]] = []  # method, path, query, body
-        self.watch_rvs: list[str | None] = []
-        self.on_watch = lambda index, rv: None
-        self.max_events_per_watch: int | None = None
-        self.pods: list[dict] = []
-        self.pod_logs: dict[str, list[str]] = {}
-        self.logs_served = threading.Event()
-
-    # -- state changes (as the training operator would make them)
-
-    def put(self, resource: str, ns: str, obj: dict, event: str) -> dict:
-        with self.lock:
-            self.rv += 1
-            obj = copy.deepcopy(obj)
-            meta = obj.setdefault("metadata", {})
-            meta.update(namespace=ns, resourceVersion=str(self.rv))
-            meta.setdefault("uid", f"uid-{meta['name']}")
-            self.objects[(resource, ns, meta["name"])] = obj
-            self.events.append((self.rv, event, obj))
-            self.lock.notify_all()
-            return obj
-
-    def set_condition(self, ns: str, name: str, ctype: str, reason: str = "", message: str = "") -> None:
-        obj = copy.deepcopy(self.objects[("pytorchjobs", ns, name)])
-        conds = obj.setdefault("status", {}).setdefault("conditions", [])
-        conds.append({"type": ctype, "status": "True", "reason": reason, "message": message})
-        self.put("pytorchjobs", ns, obj, "MODIFIED")
-
-    def compact(self) -> None:
-        with self.lock:
-            self.oldest_rv = self.rv
-
-    def requests_to(self, method: str, pattern: str) -> list:
-        return [r for r in self.requests if r[0] == method and re.search(pattern, r[1])]
-
-
-def make_handler(api: FakeKubeAPI):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep test output clean
-            pass
-
-        def _body(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            return json.loads(self.rfile.read(length)) if length else None
-
-        def _send(self, code: int, obj: dict) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _start_chunked(self, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-
-        def _chunk(self, data: bytes) -> None:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
-        def _end_chunked(self) -> None:
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
-            self.close_connection = True
-
-        def _route(self, method: str) -> None:
-            url = urlparse(self.path)
-            query = {k: v[0] for k, v in parse_qs(url.query).items()}
-            body = self._body() if method in ("POST", "PUT", "DELETE") else None
-            api.requests.append((method, url.path, query, body))
-            if m := JOBS.match(url.path):
-                return self._objects("pytorchjobs", method, m.group(1), m.group(2), query, body)
-            if m := CONFIGMAPS.match(url.path):
-                return self._objects("configmaps", method, m.group(1), m.group(2), query, body)
-            if m := PODS.match(url.path):
-                wanted = dict(kv.split("=") for kv in query.get("labelSelector", "").split(",") if kv)
-                items = [p for p in api.pods if wanted.items() <= p["metadata"]["labels"].items()]
-                return self._send(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
-            if m := POD_LOG.match(url.path):
-                self._start_chunked("text/plain")
-                for line in api.pod_logs.get(m.group(2), []):
-                    self._chunk(line.encode() + b"\n")
-                self._end_chunked()
-                api.logs_served.set()
-                return None
-            return self._send(404, status(404, "NotFound", f"no route {url.path}"))
-
-        def _objects(self, resource, method, ns, name, query, body):
-            key = (resource, ns, name)
-            if method == "POST":
-                key = (resource, ns, body["metadata"]["name"])
-                if key in api.objects:
-                    return self._send(409, status(409, "AlreadyExists", f'{resource} "{key[2]}" already exists'))
-                return self._send(201, api.put(resource, ns, body, "ADDED"))
-            if method == "PUT":
-                return self._send(200, api.put(resource, ns, body, "MODIFIED"))
-            if method == "DELETE":
-                obj = api.objects.pop(key, None)
-                if obj is None:
-                    return self._send(404, status(404, "NotFound", f"{name} not found"))
-                return self._send(200, status(200, "Success", "deleted") | {"status": "Success"})
-            if name is not None:
-                if key not in api.objects:
-                    return self._send(404, status(404, "NotFound", f"{name} not found"))
-                return self._send(200, api.objects[key])
-            if query.get("watch", "").lower() in ("true", "1"):  # the python client sends "True"
-                return self._watch(resource, ns, query)
-            items = [o for (r, n, _), o in api.objects.items() if r == resource and n == ns]
-            return self._send(200, {"kind": "List", "metadata": {"resourceVersion": str(api.rv)}, "items": items})
-
-        def _watch(self, resource, ns, query):
-            rv = query.get("resourceVersion")
-            index = len(api.watch_rvs)
-            api.watch_rvs.append(rv)
-            api.on_watch(index, rv)
-            field = query.get("fieldSelector", "")
-            only = field.split("=", 1)[1] if field.startswith("metadata.name=") else None
-            deadline = time.monotonic() + float(query.get("timeoutSeconds", 30))
-            self._start_chunked("application/json")
-            if rv is not None and int(rv) < api.oldest_rv:
-                gone = status(410, "Expired", f"too old resource version: {rv} ({api.oldest_rv})")
-                self._chunk(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
-                return self._end_chunked()
-            last, sent = int(rv or 0), 0
-            with api.lock:
-                while time.monotonic() < deadline:
-                    for erv, etype, obj in api.events:
-                        if erv <= last or obj["metadata"].get("namespace") != ns:
-                            continue
-                        last = erv
-                        if only and obj["metadata"]["name"] != only:
-                            continue
-                        self._chunk(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
-                        sent += 1
-                        if api.max_events_per_watch and sent >= api.max_events_per_watch:
-                            return self._end_chunked()
-                    api.lock.wait(0.05)
-            return self._end_chunked()
-
-        def do_GET(self):
-            self._route("GET")
-
-        def do_POST(self):
-            self._route("POST")
-
-        def do_PUT(self):
-            self._route("PUT")
-
-        def do_DELETE(self):
-            self._route("DELETE")
-
-    return Handler
+NS = "vlm"
+LAUNCHER = f"system:serviceaccount:{NS}:vlm-launcher"
 
 
 @pytest.fixture()
 def kube():
-    api = FakeKubeAPI()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(api))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    configuration = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
-    api_client = client.ApiClient(configuration)
+    server = KubeServer()
+    server.api.load_rbac(*render_chart_rbac(NS))
     try:
-        yield api, api_client
+        yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 @pytest.fixture()
@@ -223,102 +39,145 @@ def cfg():
             "data": {"datasets": {"caps": {"url": "s3://b/caps.jsonl"}}},
             "stages": {"align": {"datasets": ["caps"], "trainable": ["projector"], "max_steps": 5}},
             "distributed": {"nodes": 2},
+            "cluster": {"namespace": NS},
         }
     )
 
 
-def master_pod(job: str) -> dict:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"{job}-master-0",
-            "namespace": "ml",
-            "uid": "pod-1",
-            "labels": {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"},
-        },
-        "status": {
-            "phase": "Running",
-            "containerStatuses": [
-                {"name": "pytorch", "ready": True, "restartCount": 0, "image": "x", "imageID": "x",
-                 "state": {"running": {"startedAt": "2024-01-01T00:00:00Z"}}}
-            ],
-        },
-    }
+def backend(kube: KubeServer, lines: list[str] | None = None, **options) -> KubernetesBackend:
+    token = kube.api.service_account(NS, "vlm-launcher")
+    log = lines.append if lines is not None else (lambda line: None)
+    return KubernetesBackend(api_client=kube.client(token), log=log, **options)
 
 
-def test_submit_twice_attaches_to_the_existing_job(kube, cfg):
-    api, api_client = kube
-    backend = KubernetesBackend(api_client, log=lambda line: None)
-    job = build_pytorchjob(cfg, "align", namespace="ml")
-    first = backend.submit(job, "ml")
-    api.set_condition("ml", "demo-align", "Running")
-    second = backend.submit(job, "ml")
-    assert first["metadata"]["resourceVersion"] == "1"
-    assert second["status"]["conditions"][0]["type"] == "Running"  # the existing object, not ours
-    posts = api.requests_to("POST", r"/pytorchjobs$")
-    assert len(posts) == 2 and all(body == job for *_, body in posts)
-    assert posts[0][1] == "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs"
+def test_run_creates_the_config_map_then_the_job_and_waits(kube, cfg):
+    kube.api.on_watch = lambda index, rv: kube.api.set_condition(NS, "demo-align", "Succeeded", "PyTorchJobSucceeded")
+    result = backend(kube, follow_logs=False).run(render_job(cfg, "align"))
+    assert result.succeeded and result.reason == "PyTorchJobSucceeded"
+    made = [(req.verb, req.resource) for _, req, _ in kube.api.requests if req.verb == "create"]
+    assert made == [("create", "configmaps"), ("create", "pytorchjobs")]
+    assert kube.api.get("configmaps", NS, "demo-align-config")["data"]["config.yaml"] == cfg.to_yaml()
+    assert not kube.api.refused(LAUNCHER)
+
+
+def test_an_existing_job_is_adopted_not_created_again(kube, cfg):
+    objects = render_job(cfg, "align")
+    kube.api.put("pytorchjobs", NS, objects[1], "ADDED")
+    kube.api.set_condition(NS, "demo-align", "Running", "PyTorchJobRunning")
+    lines: list[str] = []
+    kube.api.on_watch = lambda index, rv: kube.api.set_condition(NS, "demo-align", "Succeeded", "PyTorchJobSucceeded")
+    result = backend(kube, lines, follow_logs=False).run(objects)
+    assert result.succeeded
+    assert not [r for _, r, _ in kube.api.requests if r.verb == "create"]  # neither job nor ConfigMap
+    assert "pytorchjob vlm/demo-align exists: adopting it" in lines
+
+
+@pytest.mark.parametrize("terminal", ["Succeeded", "Failed"])
+def test_a_finished_job_is_taken_as_it_ended(kube, cfg, terminal):
+    objects = render_job(cfg, "align")
+    kube.api.put("pytorchjobs", NS, objects[1], "ADDED")
+    kube.api.set_condition(NS, "demo-align", terminal, f"PyTorchJob{terminal}", "OOMKilled" if terminal == "Failed" else "")
+    result = backend(kube).run(objects)
+    assert result.state == terminal
+    assert kube.api.watches == 0  # nothing to wait for
+    if terminal == "Failed":
+        assert result.describe() == "PyTorchJob demo-align Failed: PyTorchJobFailed: OOMKilled"
 
 
 def test_wait_reconnects_after_stream_end_and_410_and_streams_master_logs(kube, cfg):
-    api, api_client = kube
+    from tests.kube_api import _master_pod
+
+    api = kube.api
     lines: list[str] = []
-    backend = KubernetesBackend(api_client, log=lines.append)
-    backend.submit(build_pytorchjob(cfg, "align"), "ml")
-    api.pods.append(master_pod("demo-align"))
+    b = backend(kube, lines)
+    b.submit(render_job(cfg, "align")[1], NS)
+    api.put("pods", NS, _master_pod(NS, "demo-align"), "ADDED")
     api.pod_logs["demo-align-master-0"] = ["step 1 loss 2.0", "step 2 loss 1.5"]
     api.max_events_per_watch = 1
+    watch_rvs: list[str | None] = []
 
-    def operator(index: int, rv: str) -> None:
+    def operator(index: int, rv: str | None) -> None:
+        watch_rvs.append(rv)
         if index == 0:  # one event, then the server ends the stream
-            api.set_condition("ml", "demo-align", "Running", "PyTorchJobRunning")
+            api.set_condition(NS, "demo-align", "Running", "PyTorchJobRunning")
         elif index == 1:  # history compacted past the client's resourceVersion: 410 Gone
-            api.set_condition("ml", "demo-align", "Running", "StillRunning")
+            api.set_condition(NS, "demo-align", "Running", "StillRunning")
             api.compact()
         else:
-            assert api.logs_served.wait(10)
-            threading.Timer(0.2, api.set_condition, ("ml", "demo-align", "Succeeded", "PyTorchJobSucceeded", "done")).start()
+            threading.Timer(0.5, api.set_condition, (NS, "demo-align", "Succeeded", "PyTorchJobSucceeded", "done")).start()
 
     api.on_watch = operator
-    result = backend.wait("demo-align", "ml", timeout=30)
+    result = b.wait("demo-align", NS, timeout=30)
     assert result.succeeded and result.reason == "PyTorchJobSucceeded" and result.message == "done"
     # every reconnect resumes from the resourceVersion of a fresh GET
-    assert api.watch_rvs == ["1", "2", "3"]
-    watches = api.requests_to("GET", r"/pytorchjobs$")
-    assert all(q["fieldSelector"] == "metadata.name=demo-align" and q["watch"].lower() == "true" for _, _, q, _ in watches)
+    assert [int(rv) for rv in watch_rvs] == sorted(int(rv) for rv in watch_rvs) and len(watch_rvs) == 3
     assert any("410" in line for line in lines)
     assert "[master-0] step 1 loss 2.0" in lines and "[master-0] step 2 loss 1.5" in lines
-    (pod_list,) = api.requests_to("GET", r"/pods$")[:1]
-    assert pod_list[2]["labelSelector"] == (
-        "training.kubeflow.org/job-name=demo-align,training.kubeflow.org/replica-type=master"
-    )
-    (log_request,) = api.requests_to("GET", r"/log$")
-    assert log_request[1] == "/api/v1/namespaces/ml/pods/demo-align-master-0/log"
-    assert log_request[2]["follow"].lower() == "true" and log_request[2]["container"] == "pytorch"
+    watches = [r for _, r, _ in api.requests if r.verb == "watch"]
+    assert {(r.resource, r.name) for r in watches} == {("pytorchjobs", "demo-align")}  # a one-object watch
+    assert ("get", "pods/log", "demo-align-master-0") in {(r.verb, r.resource, r.name) for _, r, _ in api.requests}
+    assert not api.refused(LAUNCHER)
 
 
-def test_wait_times_out_across_reconnects(kube, cfg):
-    api, api_client = kube
-    backend = KubernetesBackend(api_client, log=lambda line: None)
-    backend.submit(build_pytorchjob(cfg, "align"), "ml")
+def test_wait_times_out_across_reconnects(kube, cfg, monkeypatch):
+    import operators.k8s_backend as k8s
+
+    monkeypatch.setattr(k8s, "WATCH_SECONDS", 1)  # server-side watches of 1 s: several in the timeout
+    b = backend(kube, follow_logs=False)
+    b.submit(render_job(cfg, "align")[1], NS)
     started = time.monotonic()
     with pytest.raises(JobTimeout, match="demo-align"):
-        backend.wait("demo-align", "ml", timeout=2.5, follow_logs=False)
-    assert time.monotonic() - started < 8
-    assert len(api.watch_rvs) >= 2  # the 1 s server-side watches ended and were reopened
+        b.wait("demo-align", NS, timeout=3)
+    assert kube.api.watches >= 2  # the watches ended and were reopened, the deadline held across them
+    assert time.monotonic() - started < 30  # far from waiting out a default 60 s watch
 
 
-def test_submit_and_wait_applies_config_map_reports_failure_and_deletes(kube, cfg):
-    api, api_client = kube
-    objects = [build_config_map(cfg), build_pytorchjob(cfg, "align")]
-    api.put("configmaps", "ml", build_config_map(cfg), "ADDED")  # from an earlier run
-    api.on_watch = lambda index, rv: api.set_condition("ml", "demo-align", "Failed", "PyTorchJobFailed", "OOMKilled")
-    result = submit_and_wait(objects, "ml", timeout=20, delete=True, api_client=api_client, log=lambda line: None)
-    assert result.state == "Failed" and result.message == "OOMKilled"
-    (put,) = api.requests_to("PUT", r"/configmaps/demo-config$")
-    assert put[3]["data"]["config.yaml"] == cfg.to_yaml()
-    (delete,) = api.requests_to("DELETE", r"/pytorchjobs/demo-align$")
-    assert delete[3]["propagationPolicy"] == "Foreground"
-    assert ("pytorchjobs", "ml", "demo-align") not in api.objects
-    assert api.requests_to("POST", r"/namespaces/ml/pytorchjobs$")[0][3]["metadata"]["namespace"] == "ml"
+def _without(rules: list[dict], resource: str, verb: str) -> list[dict]:
+    out = copy.deepcopy(rules)
+    for rule in out:
+        if resource in rule["resources"]:
+            rule["verbs"] = [v for v in rule["verbs"] if v != verb]
+    return out
+
+
+def test_a_forbidden_request_is_one_line_naming_what_whom_and_the_rule(kube, cfg):
+    roles, bindings = render_chart_rbac(NS)
+    roles[0]["rules"] = _without(roles[0]["rules"], "configmaps", "create")  # the bug of issue 14
+    kube.api.load_rbac(roles, bindings)
+    with pytest.raises(KubeApiError) as err:
+        backend(kube).run(render_job(cfg, "align"))
+    message = str(err.value)
+    assert "\n" not in message and err.value.status == 403
+    assert message.startswith(f'Kubernetes refused to create configmaps in namespace "vlm" for {LAUNCHER} (403 Forbidden)')
+    assert '{apiGroups: [""], resources: ["configmaps"], verbs: ["create"]}' in message
+    assert "charts/vlm-platform/templates/rbac.yaml" in message
+    assert kube.api.get("pytorchjobs", NS, "demo-align") is None  # nothing half-created
+
+
+def test_a_job_the_crd_schema_refuses_is_one_line(kube, cfg):
+    job = render_job(cfg, "align")[1]
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    with pytest.raises(KubeApiError, match=r"create pytorchjobs.kubeflow.org in namespace \"vlm\" \(422 Invalid\).*imagePullPolcy"):
+        backend(kube).submit(job, NS)
+
+
+def test_the_driver_job_owns_what_the_run_creates(kube, cfg, monkeypatch):
+    driver = kube.api.put("jobs", NS, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "demo-driver"}}, "ADDED")
+    monkeypatch.setenv("VLM_DRIVER_JOB", "demo-driver")
+    kube.api.on_watch = lambda index, rv: kube.api.set_condition(NS, "demo-align", "Succeeded")
+    backend(kube, follow_logs=False).run(render_job(cfg, "align"))
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "demo-driver", "uid": driver["metadata"]["uid"]}
+    assert kube.api.get("pytorchjobs", NS, "demo-align")["metadata"]["ownerReferences"] == [owner]
+    assert kube.api.get("configmaps", NS, "demo-align-config")["metadata"]["ownerReferences"] == [owner]
+    assert not kube.api.refused(LAUNCHER)
+    kube.api.delete("jobs", NS, "demo-driver")  # helm uninstall / kubectl delete -k
+    assert kube.api.of("pytorchjobs") == [] and kube.api.of("configmaps") == []
+
+
+def test_an_unreachable_server_is_one_line(cfg):
+    from kubernetes import client
+
+    dead = client.ApiClient(client.Configuration(host="http://127.0.0.1:9"))
+    dead.configuration.retries = 0
+    with pytest.raises(KubeApiError, match=r"^cannot reach the Kubernetes API at http://127.0.0.1:9 to get pytorchjobs"):
+        KubernetesBackend(api_client=dead, log=lambda line: None).run(render_job(cfg, "align"))

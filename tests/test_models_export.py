@@ -20,7 +20,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from tests import published_layouts as pl
+from tests import published_checkpoints as pl
 from tests.test_models_import import write_llava_hf
 from vlm_core.cli import main
 from vlm_core.config import ModelConfig

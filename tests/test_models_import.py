@@ -1,6 +1,6 @@
 """`vlm import llava | llava-hf | qwen-vl`: imported logits equal the source's (fp32, <= 1e-5).
 
-Sources are tiny checkpoints in the published layouts (tests/published_layouts.py). References:
+Sources are tiny checkpoints in the published layouts (tests/published_checkpoints.py). References:
 transformers' LlavaForConditionalGeneration for LLaVA and llava-hf, and for Qwen v1 a forward
 written from its published architecture; the Qwen tokenizer against tiktoken itself.
 """
@@ -22,7 +22,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from tests import published_layouts as pl
+from tests import published_checkpoints as pl
 from tests.test_qwen_vl_vit import IMAGE, LAYERS, OUT, QUERIES, qwen_vl_state_dict, reference_visual
 from vlm_core.cli import main
 from vlm_core.config import ConfigError, ModelConfig

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaForCausalLM
 
-from tests import published_layouts as pl
+from tests import published_checkpoints as pl
 from tests.test_models_import import write_llava_hf
 from vlm_core.cli import main
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,13 +19,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pipelines.local import run_local
 from vlm_core.config import load_config, parse_config
 
-# [core]'s bar on the held-out split (exact match, percent); chance: colour 25, position 25, shape 33.3.
-MIN_ACCURACY = {"colour": 90.0, "position": 90.0, "shape": 70.0}
+# Issue 13's bar on the held-out split (exact match, percent); chance: colour 25, position 25, shape 33.3.
+MIN_ACCURACY = {"colour": 95.0, "position": 95.0, "shape": 95.0}
 
 
 def _quickstart_in(tmp_path) -> str:
     """configs/quickstart.yaml with its data and output folders moved under ``tmp_path``."""
-    text = open("configs/quickstart.yaml").read().replace("data/synth", str(tmp_path / "data" / "synth"))
+    text = Path("configs/quickstart.yaml").read_text().replace("data/synth", str(tmp_path / "data" / "synth"))
     data = yaml.safe_load(text)
     data["output"] = str(tmp_path / "runs" / "quickstart")
     path = tmp_path / "quickstart.yaml"
@@ -47,13 +48,19 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     cfg = load_config(config)
 
     assert "| synth_vqa |" in table
-    results = json.loads(open(f"{cfg.eval_output()}/results.json").read())
+    results = json.loads(Path(cfg.eval_output(), "results.json").read_text())
     by_type = results["synth_vqa"]["per_question_type"]
     for question_type, minimum in MIN_ACCURACY.items():
         assert by_type[question_type] >= minimum, (question_type, by_type)
+    # Issue 13's multiple-choice floor (circular >= 60 %, vanilla >= 80 %) is not reached in this
+    # budget yet (README): the letters are scored and reported, not gated.
+    assert results["synth_mmbench"]["num_questions"] == 300
 
     # The data went through the stage step, and instruct started from align's checkpoint.
     assert (tmp_path / "runs" / "quickstart" / "data" / "synth_instruct" / "manifest.json").exists()
+    # Each stage encoded its data once, before training (data.cache: full).
+    cached = sorted(p.parent.name.rsplit("-", 1)[0] for p in (tmp_path / "runs" / "quickstart" / "cache").glob("*/complete.json"))
+    assert cached == ["synth_align", "synth_instruct"], cached
     for stage in ("align", "instruct"):
         losses = _scalars(cfg.tensorboard_dir(stage), "train/loss")
         assert len(losses) >= 2 and losses[-1] < losses[0], (stage, losses)
@@ -69,4 +76,4 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     again = json.loads((two / "results.json").read_text())
     for bench in cfg.eval.benchmarks:
         assert again[bench] == results[bench], bench
-        assert (two / "answers" / f"{bench}.jsonl").read_text() == open(f"{cfg.eval_output()}/answers/{bench}.jsonl").read()
+        assert (two / "answers" / f"{bench}.jsonl").read_text() == Path(cfg.eval_output(), "answers", f"{bench}.jsonl").read_text()

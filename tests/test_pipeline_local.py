@@ -1,4 +1,4 @@
-"""Pieces of `vlm pipeline run --local`: path handling, S3 rebasing, and the stage component under kfp.local."""
+"""Pieces of `vlm pipeline run`: missing data, S3 rebasing, and the stage component under kfp.local."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import yaml
 
 from pipelines import local
-from pipelines.steps import load_run_config
+from pipelines.tasks import load_task_config
 from vlm_core import storage
 from vlm_core.config import parse_config
 from vlm_core.data.synth import generate
@@ -22,18 +22,6 @@ def _config(root, output) -> dict:
         "stages": {"instruct": {"datasets": ["train"], "trainable": ["projector"], "max_steps": 1}},
         "eval": {"benchmarks": ["synth_vqa"], "data": {"synth_vqa": {"questions": f"{synth}/eval/vqa/questions.json"}}},
     }
-
-
-def test_relative_paths_become_absolute_and_names_stay(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    data = _config("data", "runs/tiny")
-    data["stages"]["instruct"]["init_from"] = "ckpt/align"
-    cfg = local.absolute_paths(parse_config(data))
-    assert cfg.output == str(tmp_path / "runs" / "tiny")
-    assert cfg.data.datasets["train"].url == str(tmp_path / "data" / "synth" / "instruct.jsonl")
-    assert cfg.eval.data["synth_vqa"].questions == str(tmp_path / "data" / "synth" / "eval" / "vqa" / "questions.json")
-    assert cfg.stages["instruct"].init_from == str(tmp_path / "ckpt" / "align")
-    assert cfg.data.template == "vicuna_v1"  # not a path: untouched
 
 
 def test_missing_inputs_name_the_files(tmp_path):
@@ -57,7 +45,8 @@ def test_on_s3_uploads_data_and_points_the_config_there(tmp_path, s3_server):
 
 
 def test_stage_component_runs_under_kfp_local(tmp_path):
-    """The real component body in a kfp.local subprocess: stages the data, returns the new config."""
+    """The real component body in a kfp.local subprocess: applies the overrides, stages the
+    data, returns the config reading the staged copies."""
     from kfp import local as kfp_local
 
     from pipelines.components import stage_op
@@ -67,10 +56,22 @@ def test_stage_component_runs_under_kfp_local(tmp_path):
     kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
     task = stage_op(
         config_yaml=yaml.safe_dump(cfg.model_dump(mode="json")),
-        image="", namespace="ml", nodes=0, procs_per_node=0, gpus_per_node=-1,
+        overrides={"cluster.namespace": "ml"}, stages=["instruct"], backend="local",
     )
-    staged = load_run_config(task.output)
+    staged = load_task_config(task.output)
     assert staged.data.datasets["train"].format == "shards"
     assert staged.data.datasets["train"].url == str(tmp_path / "out" / "data" / "train")
     assert (tmp_path / "out" / "data" / "train" / "manifest.json").exists()
     assert staged.cluster.namespace == "ml" and staged.distributed == cfg.distributed
+
+
+def test_run_local_refuses_missing_data_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from pipelines.cli import pipeline_group
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(_config(str(tmp_path), str(tmp_path / "out"))))
+    result = CliRunner().invoke(pipeline_group, ["run", "--config", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "datasets missing" in result.output and "data.synthesize" in result.output

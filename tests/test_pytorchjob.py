@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from operators.pytorchjob import build_config_map, build_pytorchjob, render_stage
+from operators.pytorchjob import EVAL, build_config_map, build_pytorchjob, render_job
 from operators.validation import InvalidPyTorchJob, pytorchjob_problems, validate_pytorchjob
 from vlm_core.config import parse_config
 
@@ -68,7 +68,7 @@ def test_container_command_volumes_and_security():
             "resources": {"shm_size": "4Gi"},
         },
     )
-    job = build_pytorchjob(cfg, "align", image="registry/vlm:1")
+    job = build_pytorchjob(cfg.with_overrides({"cluster.image": "registry/vlm:1"}), "align")
     c = container(master(job))
     assert c["name"] == "pytorch" and c["image"] == "registry/vlm:1"
     assert c["command"] == ["torchrun"]
@@ -76,7 +76,7 @@ def test_container_command_volumes_and_security():
                          "--resume", "auto"]
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in master(job)["template"]["spec"]["volumes"]}
-    assert volumes[mounts["/etc/vlm"]]["configMap"]["name"] == "demo-config"
+    assert volumes[mounts["/etc/vlm"]]["configMap"]["name"] == "demo-align-config"
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "4Gi"}
     assert volumes[mounts["/mnt/vlm"]]["persistentVolumeClaim"]["claimName"] == "ckpt"
     env = {e["name"]: e for e in c["env"]}
@@ -100,10 +100,10 @@ def test_container_command_volumes_and_security():
 def test_config_map_holds_the_run_config_and_no_secrets(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "super-secret-value")
     cfg = config(cluster={"storage": {"s3_secret": "s3-creds"}})
-    cm = build_config_map(cfg)
-    assert cm["metadata"]["name"] == "demo-config"
+    cm = build_config_map(cfg, "align")
+    assert cm["metadata"]["name"] == "demo-align-config"
     assert parse_config(yaml.safe_load(cm["data"]["config.yaml"])) == cfg
-    objects = render_stage(cfg, "align")
+    objects = render_job(cfg, "align")
     assert "super-secret-value" not in yaml.safe_dump_all(objects)
 
 
@@ -191,11 +191,80 @@ def test_job_render_prints_config_map_and_job(tmp_path):
 
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(make_config()))
-    result = CliRunner().invoke(job_group, ["render", "--config", str(path), "--stage", "align", "--nodes", "3",
-                                            "--image", "reg/vlm:2"])
+    result = CliRunner().invoke(job_group, ["render", "--config", str(path), "--step", "align",
+                                            "--set", "distributed.nodes=3", "--set", "cluster.image=reg/vlm:2"])
     assert result.exit_code == 0, result.output
     docs = list(yaml.safe_load_all(result.output))
     assert [d["kind"] for d in docs] == ["ConfigMap", "PyTorchJob"]
     assert docs[1]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
     assert container(master(docs[1]))["image"] == "reg/vlm:2"
+    # the job runs the overridden config: the ConfigMap holds it
+    assert parse_config(yaml.safe_load(docs[0]["data"]["config.yaml"])).distributed.nodes == 3
     validate_pytorchjob(docs[1])
+
+
+def test_job_render_refuses_an_unknown_key_in_one_line(tmp_path):
+    from operators.jobs_cli import job_group
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(make_config()))
+    result = CliRunner().invoke(job_group, ["render", "--config", str(path), "--step", "align", "--set", "distributed.nodez=3"])
+    assert result.exit_code == 1
+    assert "distributed.nodez" in result.output and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- eval, labels
+
+
+def eval_config(**overrides):
+    data = make_config(
+        eval={"benchmarks": ["synth_vqa"], "checkpoint": "s3://bucket/runs/demo/align"},
+        distributed={"nodes": 2, "procs_per_node": 4},
+        cluster={"resources": {"gpus_per_node": 4, "cpu": "8", "memory": "32Gi"}},
+    )
+    data.update(overrides)
+    return parse_config(data)
+
+
+def test_eval_is_a_pytorchjob_built_like_the_stages():
+    cfg = eval_config()
+    config_map, job = render_job(cfg, EVAL)
+    stage_job = build_pytorchjob(cfg, "align")
+    assert job["metadata"]["name"] == "demo-eval" and config_map["metadata"]["name"] == "demo-eval-config"
+    assert container(master(job))["args"] == ["-m", "vlm_core.cli", "eval", "run", "--config", "/etc/vlm/config.yaml"]
+    assert container(master(job))["command"] == ["torchrun"]  # distributed eval: torchrun reads PET_*
+    # GPUs, topology and placement exactly as a training stage's
+    assert job["spec"]["nprocPerNode"] == "4" and job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+    assert container(master(job))["resources"] == container(master(stage_job))["resources"]
+    assert container(master(job))["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert job["spec"]["runPolicy"] == stage_job["spec"]["runPolicy"]
+    # the ConfigMap carries the checkpoint eval scores
+    assert parse_config(yaml.safe_load(config_map["data"]["config.yaml"])).eval.checkpoint == "s3://bucket/runs/demo/align"
+
+
+def test_eval_without_benchmarks_is_a_clear_error():
+    with pytest.raises(ValueError, match="eval has no benchmarks"):
+        build_pytorchjob(config(), EVAL)
+
+
+def test_every_object_carries_the_run_labels():
+    cfg = eval_config()
+    for step in ("align", EVAL):
+        for obj in render_job(cfg, step):
+            assert obj["metadata"]["labels"] == {
+                "app.kubernetes.io/name": "vlm-platform",
+                "app.kubernetes.io/instance": "demo",
+                "app.kubernetes.io/component": step,
+                "app.kubernetes.io/part-of": "demo",
+            }
+        job = render_job(cfg, step)[1]
+        assert master(job)["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == step
+
+
+def test_owner_reference_is_added_to_every_object():
+    from operators.pytorchjob import with_owner
+
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": "demo-driver", "uid": "u-1"}
+    owned = with_owner(render_job(eval_config(), "align"), owner)
+    assert all(o["metadata"]["ownerReferences"] == [owner] for o in owned)
+    validate_pytorchjob(owned[1])

@@ -27,11 +27,19 @@ from vlm_core.data.types import RawSample
 INFO = SourceInfo(url="memory", format="list", fingerprint="0" * 64)
 
 
+def _png(i: int, size: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, 4), (i % 256, 7, 9)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def _samples(n: int) -> list[RawSample]:
     return [
         RawSample(
             id=f"s{i}",
-            images=[bytes([i % 256]) * (10 + i), b"\x00second"] if i % 3 else [],
+            images=[_png(i, 10 + i), _png(i, 2)] if i % 3 else [],
             conversations=[{"from": "human", "value": f"question {i} — ünïcode"}, {"from": "gpt", "value": str(i)}],
         )
         for i in range(n)
@@ -99,52 +107,25 @@ def test_missing_and_unsupported_manifests_are_explained(tmp_path, staged):
     path = tmp_path / "staged" / "manifest.json"
     data = json.loads(path.read_text())
     path.write_text(json.dumps({**data, "schema_version": 99}))
-    with pytest.raises(ManifestError, match="schema_version 99; this reader supports 1"):
+    with pytest.raises(ManifestError, match="schema_version 99; this reader supports 2"):
         ShardSource(staged)
     path.write_text(json.dumps({**data, "total_samples": 5}))
     with pytest.raises(ManifestError, match="total_samples is 5 but the shards hold 23"):
         ShardSource(staged)
 
 
-def test_dataloader_workers_split_the_shards(staged):
-    from torch.utils.data import DataLoader
-
-    from vlm_core.data.shard_dataset import ShardDataset
-
-    dataset = ShardDataset(staged, seed=3)
-    loader = DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=_sample_id)
+def test_ranks_and_workers_split_the_shards(staged):
+    """Each (rank, worker) slot of 2 ranks x 2 workers gets whole shards; together they read
+    every sample exactly once, in every epoch."""
+    source = ShardSource(staged)
     for epoch in range(2):
-        dataset.set_epoch(epoch)
-        assert Counter(loader) == Counter(f"s{i}" for i in range(23))
-
-
-def _sample_id(sample: RawSample) -> str:
-    return sample.id
-
-
-def _rank_reads(rank: int, world_size: int, init_file: str, url: str, out: str) -> None:
-    import torch.distributed as dist
-    from torch.utils.data import DataLoader
-
-    from vlm_core.data.shard_dataset import ShardDataset
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        loader = DataLoader(ShardDataset(url), batch_size=None, num_workers=2, collate_fn=_sample_id)
-        with open(f"{out}/rank{rank}.json", "w") as f:
-            json.dump(list(loader), f)
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.e2e
-def test_two_ranks_by_two_workers_read_each_sample_once(staged, tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_rank_reads, args=(2, str(tmp_path / "init"), staged, str(tmp_path)), nprocs=2)
-    reads = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert all(reads), "every rank should get some shards"
-    assert Counter(reads[0] + reads[1]) == Counter(f"s{i}" for i in range(23))
+        reads = {
+            (rank, worker): [s.id for s in source.iter_samples(rank, 2, worker, 2, epoch=epoch, seed=3)]
+            for rank in range(2)
+            for worker in range(2)
+        }
+        assert all(reads.values()), "every slot should get some shards"
+        assert Counter(i for ids in reads.values() for i in ids) == Counter(f"s{i}" for i in range(23))
 
 
 @pytest.mark.parametrize("fmt", ["shards", "auto"])

@@ -74,7 +74,7 @@ def test_llava_jsonl_on_s3_round_trips_byte_identical(s3_bucket):
     assert manifest.total_samples == 30 and len(manifest.shards) == 8
     assert manifest.source.format == "llava_jsonl" and manifest.source.fingerprint == source_fingerprint(src)
     names = {n for n in _objects(dest)}
-    assert names == {"manifest.json"} | {s.name for s in manifest.shards}, "no temporaries left behind"
+    assert names == {"manifest.json", manifest.length_index.name} | {s.name for s in manifest.shards}, "no temporaries left behind"
     _assert_same_samples(src, dest)
     assert verify_dataset(dest) == []
     # Original encodings are kept, named by their extension.

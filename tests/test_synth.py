@@ -58,7 +58,7 @@ def test_summary(synth_dir):
     summary = json.loads((synth_dir / "synth.json").read_text())
     assert summary["seed"] == 3 and summary["train_images"] == TRAIN and summary["eval_images"] == EVAL
     assert summary["chance"] == {"colour": 0.25, "shape": pytest.approx(1 / 3), "position": 0.25}
-    assert summary["instruct_samples"] == 5 * TRAIN and summary["vqa_questions"] == 3 * EVAL
+    assert summary["instruct_samples"] == 6 * TRAIN and summary["vqa_questions"] == 3 * EVAL
     for rel in summary["files"].values():
         assert (synth_dir / rel).exists(), rel
 
@@ -82,20 +82,33 @@ def test_instruct_answers_agree_with_the_captions(synth_dir):
     captions = captions_by_image(synth_dir)
     source = open_source(DatasetSpec(url=str(synth_dir / "instruct.jsonl")))
     kinds = {"colour": 0, "shape": 0, "position": 0, "mc": 0}
+    mc_attributes = []
     for i in range(len(source)):
         sample = source[i]
-        question, answer = sample.conversations[0]["value"], sample.conversations[1]["value"]
+        turns = sample.conversations
         colour, shape, position = captions[sample.images[0]]
-        assert question.startswith("<image>\n")
-        if question.endswith(SHORT_ANSWER):
-            kind = {colour: "colour", shape: "shape", position: "position"}[answer]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        assert turns[0]["value"].startswith("<image>\n")  # the image once, in the first turn
+        assert not any("<image>" in t["value"] for t in turns[1:])
+        if turns[0]["value"].endswith(SHORT_ANSWER):
+            assert len(turns) == 2
+            kind = {colour: "colour", shape: "shape", position: "position"}[turns[1]["value"]]
             kinds[kind] += 1
-        else:
-            assert question.endswith(MULTIPLE_CHOICE)
-            options = dict(re.findall(r"^([A-D])\. (.+)$", question, flags=re.M))
-            assert options[answer] in (colour, shape, position)
-            kinds["mc"] += 1
-    assert kinds == {"colour": TRAIN, "shape": 2 * TRAIN, "position": TRAIN, "mc": TRAIN}
+            continue
+        # one multiple-choice conversation per image: every attribute once, LLaVA-1.5's MMBench prompt
+        assert len(turns) == 6
+        asked = set()
+        for question, answer in zip(turns[::2], turns[1::2]):
+            assert question["value"].endswith(MULTIPLE_CHOICE)
+            options = dict(re.findall(r"^([A-D])\. (.+)$", question["value"], flags=re.MULTILINE))
+            truth = next(v for v in (colour, shape, position) if v in options.values())
+            assert options[answer["value"]] == truth
+            asked.add({colour: "colour", shape: "shape", position: "position"}[truth])
+            mc_attributes.append([options[k] for k in sorted(options)])
+        assert asked == {"colour", "shape", "position"}
+        kinds["mc"] += 1
+    assert kinds == {"colour": TRAIN, "shape": 2 * TRAIN, "position": 2 * TRAIN, "mc": TRAIN}
+    assert len({tuple(o) for o in mc_attributes}) > 10  # the options come in fresh orders
 
 
 def test_vqa_files_line_up(synth_dir):
@@ -142,7 +155,7 @@ def test_training_samples_encode(synth_dir):
     processor = make_processor(num_image_tokens=4)
     for url, template in (("align.jsonl", "plain"), ("instruct.jsonl", "vicuna_v1")):
         source = open_source(DatasetSpec(url=str(synth_dir / url)))
-        encoder = SampleEncoder(processor, template, max_length=256)
+        encoder = SampleEncoder(processor, template, max_length=512)  # the test tokenizer spells most words out
         for i in range(10):
             assert encoder.encode(source[i], url)["pixel_values"].shape == (1, 3, 16, 16)
 
@@ -150,7 +163,7 @@ def test_training_samples_encode(synth_dir):
 def test_writes_to_s3(s3_bucket):
     generate(f"{s3_bucket}/synth", seed=1, train=4, eval_images=2)
     source = open_source(DatasetSpec(url=f"{s3_bucket}/synth/instruct.jsonl"))
-    assert len(source) == 20
+    assert len(source) == 6 * 4
     assert source[0].images[0].startswith(f"{s3_bucket}/synth/images/")
     from vlm_core import storage
 

@@ -19,6 +19,7 @@ import click
 CORE_COMMANDS = {
     "config": "vlm_core.cli:config_group",
     "synth": "vlm_core.data.synth:synth_command",
+    "data": "vlm_core.data.cli:data_group",
     "train": "vlm_core.train.cli:train_command",
     "export": "vlm_core.train.cli:export_command",
     "import": "vlm_core.models.importers.cli:import_command",

@@ -12,15 +12,18 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STAGE_NAMES = ("align", "instruct", "full")
+from vlm_core.train.deepspeed_presets import DEEPSPEED_PRESETS
+
 Stage = Literal["align", "instruct", "full"]
+STAGE_NAMES: tuple[str, ...] = get_args(Stage)
 TrainablePart = Literal["vision", "projector", "llm"]
-DeepSpeedPreset = Literal["none", "zero2", "zero2_offload", "zero3", "zero3_offload"]
+# "none" is plain DDP; every other name is a registered preset (one list, never retyped).
+DeepSpeedPreset = Literal[("none", *DEEPSPEED_PRESETS.names())]  # type: ignore[valid-type]
 
 
 class _Section(BaseModel):
@@ -109,11 +112,80 @@ class ModelConfig(_Section):
 # ----------------------------------------------------------------------------- data
 
 
+def _reader_names_schema(schema: dict[str, Any]) -> None:
+    # The allowed formats are the READERS registry's names, looked up when the schema is made
+    # (importing the readers here would be circular), so the schema never retypes them.
+    from vlm_core.data.readers import READERS
+
+    schema["enum"] = ["auto", *READERS.names()]
+
+
 class DatasetSpec(_Section):
-    url: str = Field(description="LLaVA .json/.jsonl, parquet (file or folder), or a staged shard folder (manifest.json).")
-    image_root: str | None = Field(None, description="URL that relative image paths resolve against.")
-    format: Literal["auto", "llava_json", "llava_jsonl", "parquet", "shards"] = "auto"
+    """One dataset of a run: where it is, which reader reads it, and how much of it to use."""
+
+    url: str = Field(
+        description="The dataset: a file (.json, .jsonl, .parquet, question_answers.json, dataset.json ...) or a "
+        "folder (parquet files, img2dataset tar shards, a staged dataset's manifest.json)."
+    )
+    image_root: str | None = Field(None, description="URL that relative image paths resolve against; default: the url's folder.")
+    format: str = Field(
+        "auto",
+        description="Reader (vlm_core.data.readers.READERS); auto tells .json/.jsonl/.parquet and staged folders apart.",
+        json_schema_extra=_reader_names_schema,
+    )
     weight: float = Field(1.0, gt=0, description="Relative sampling weight when several datasets are mixed.")
+    limit: int | None = Field(None, gt=0, description="Keep a seeded random subset of at most this many samples.")
+    fraction: float | None = Field(None, gt=0, le=1, description="Keep a seeded random subset of this fraction of the samples.")
+    seed: int = Field(0, description="Seed of the downsampling and of prompts chosen from a list.")
+    split: str | None = Field(None, description="Keep only this split (ocr_vqa: train/val/test; synthdog: train/validation).")
+    box_format: Literal["llava", "qwen_vl"] = Field(
+        "llava",
+        description="visual_genome boxes: llava = LLaVA-1.5's [x1, y1, x2, y2] relative to the padded square image; "
+        "qwen_vl = Qwen-VL's <ref>..</ref><box>(x1,y1),(x2,y2)</box> on 0-1000.",
+    )
+    turns_per_sample: int = Field(
+        1, gt=0, description="visual_genome / ocr_vqa: question-answer pairs (or regions) of one image per sample."
+    )
+    language: Literal["en", "zh"] = Field("en", description="synthdog: language of the OCR prompts.")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from vlm_core.data.readers import READERS
+
+        if value != "auto" and value not in READERS:
+            raise ValueError(f"unknown dataset format {value!r}; allowed: auto, {', '.join(READERS.names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_fit_the_format(self) -> DatasetSpec:
+        from vlm_core.data.readers import reader_options
+
+        if self.limit is not None and self.fraction is not None:
+            raise ValueError("give at most one of limit and fraction")
+        if self.format == "auto":
+            return self
+        accepted, splits = reader_options(self.format)
+        for name in sorted(FORMAT_OPTIONS - accepted):
+            if getattr(self, name) != type(self).model_fields[name].default:
+                takers = ", ".join(_formats_taking(name)) or "none"
+                raise ValueError(f"{name} does not apply to format {self.format!r} (formats that take it: {takers})")
+        if self.split is not None:
+            if not splits:
+                raise ValueError(f"format {self.format!r} has no splits; remove split")
+            if self.split not in splits:
+                raise ValueError(f"unknown split {self.split!r} for format {self.format!r}; allowed: {', '.join(splits)}")
+        return self
+
+
+# Fields of DatasetSpec that only some readers understand (each reader declares which).
+FORMAT_OPTIONS = frozenset({"box_format", "turns_per_sample", "language"})
+
+
+def _formats_taking(option: str) -> list[str]:
+    from vlm_core.data.readers import READERS, reader_options
+
+    return [name for name in READERS.names() if option in reader_options(name)[0]]
 
 
 class DataConfig(_Section):
@@ -123,7 +195,17 @@ class DataConfig(_Section):
     max_length: int = Field(2048, gt=0, description="Longest token sequence; longer samples are skipped and counted.")
     strict: bool = Field(False, description="Make the first bad sample an error instead of skipping it.")
     num_workers: int = Field(0, ge=0)
+    cache: Literal["none", "tokens", "full"] = Field(
+        "none",
+        description="Encode each sample once per run, before training (`vlm_core/data/cache.py`): "
+        "tokens = ids and labels; full = also the pixels (3 x H x W float32 per distinct image, on local disk).",
+    )
     packing: bool = Field(False, description="Padding-free packing of several samples per sequence.")
+    synthesize: str | None = Field(
+        None,
+        description="A folder URL: the staging step first writes the synthetic dataset there (`vlm synth`) "
+        "unless it holds one already, so a run needs no data prepared by hand (smoke runs, fresh clusters).",
+    )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -247,7 +329,6 @@ class ClusterConfig(_Section):
     ttl_seconds_after_finished: int | None = Field(86400, ge=0)
     active_deadline_seconds: int | None = Field(None, gt=0)
     elastic_min_nodes: int | None = Field(None, gt=0, description="Enable elasticPolicy with this many nodes at least.")
-    config_map: str | None = Field(None, description="ConfigMap holding the run config; default <name>-config.")
 
 
 # ----------------------------------------------------------------------------- the run config

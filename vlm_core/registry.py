@@ -1,12 +1,12 @@
 """One small registry type for every pluggable family (encoders, projectors, templates, benchmarks).
 
-Adding a member is one decorated definition; choosing one is a config string. Lookups of an
+Adding a member is one ``REGISTRY.add(name, entry)`` line; choosing one is a config string. Lookups of an
 unknown name fail with the list of known names, so a typo in a run config explains itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -17,17 +17,11 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def add(entry: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._entries[name] = entry
-            return entry
-
-        return add
-
     def add(self, name: str, entry: T) -> T:
-        return self.register(name)(entry)
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
 
     def get(self, name: str) -> T:
         try:

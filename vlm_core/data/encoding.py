@@ -51,6 +51,17 @@ class SampleEncoder:
     def _encode(self, raw: RawSample, dataset_index: int) -> dict[str, Any]:
         import torch
 
+        input_ids, labels = self.encode_tokens(raw)
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "pixel_values": self.pixel_values(raw.images),
+            "dataset_index": dataset_index,
+        }
+
+    def encode_tokens(self, raw: RawSample) -> tuple[list[int], list[int]]:
+        """(input_ids, labels) of ``raw``, or ``BadSample`` (without its location) when the text
+        cannot be trained on. Images are not opened."""
         conversations = with_image_placeholders(raw)
         try:
             input_ids, labels = self.template.encode(
@@ -63,16 +74,12 @@ class SampleEncoder:
         if len(input_ids) > self.max_length:
             # Never truncate: a cut-off reply would teach the model to stop mid-answer.
             raise BadSample("too_long", f"{len(input_ids)} tokens > max_length {self.max_length}")
-        return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": self.pixel_values(raw.images),
-            "dataset_index": dataset_index,
-        }
+        return input_ids, labels
 
     def pixel_values(self, refs: list) -> Any:
         """(n, 3, H, W) pixels of the images; the processor gives (0, 3, H, W) for none."""
         return self.processor.process_images([load_image(ref) for ref in refs])
+
 
 def with_image_placeholders(raw: RawSample) -> list[dict[str, str]]:
     """The conversation with one ``<image>`` per image.

@@ -15,8 +15,8 @@ from vlm_core.data.types import BadSample, BadSampleStats
 def weighted_indices(size: int, weight: float, rng: np.random.Generator) -> np.ndarray:
     """Indices into a source of ``size`` so each sample appears ``weight`` times per epoch:
     ``floor(weight)`` full copies plus a seeded random subset for the fractional part."""
-    whole = int(math.floor(weight))
-    extra = int(round((weight - whole) * size))
+    whole = math.floor(weight)
+    extra = round((weight - whole) * size)
     parts = [np.arange(size, dtype=np.int64)] * whole
     parts.append(np.sort(rng.choice(size, size=extra, replace=False)).astype(np.int64))
     return np.concatenate(parts)

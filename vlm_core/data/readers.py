@@ -1,24 +1,25 @@
-"""Dataset readers: random-access sources of RawSamples from LLaVA JSON / JSONL and parquet.
+"""Dataset readers: the ``READERS`` registry and the LLaVA JSON / JSONL and parquet sources.
 
 Every read goes through fsspec URLs (``vlm_core.storage``), so a dataset on ``s3://`` reads the
-same as one on local disk. Readers never load a large file whole when they can avoid it: JSONL
-keeps a byte-offset index built in one streaming pass and seeks to a line; parquet keeps a
-row-group index and a small cache of decoded row groups.
+same as one on local disk. Readers never load a large file whole: JSON and JSONL keep a
+byte-offset index built in one streaming pass and seek to a record; parquet keeps a row-group
+index and a small cache of decoded row groups.
 
-Streaming sources (staged WebDataset shards) are registered from ``shards.py`` under the
-format name ``shards``; this module imports it lazily on first use.
+The published formats of other corpora (synthdog, img2dataset webdataset, Visual Genome,
+OCR-VQA) are one module each under ``vlm_core/data/sources/``; staged shards live in
+``shards.py``. All register here. ``open_source`` applies a spec's downsampling (``limit`` /
+``fraction``, seeded) to any of them.
 """
 
 from __future__ import annotations
 
 import bisect
-import importlib
 import json
 import os
 from abc import ABC, abstractmethod
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from vlm_core import storage
@@ -42,19 +43,79 @@ class Source(ABC):
     def modality_lengths(self) -> list[int]:
         """LLaVA's length proxy per sample: word count, positive with images, negative without."""
 
+    @property
+    def rows_total(self) -> int:
+        """Rows the published files hold, before any split filter or downsampling."""
+        return len(self)
 
-READERS: Registry[Callable[[DatasetSpec], Any]] = Registry("dataset format")
+    def rows(self) -> Iterator[RawSample | BadSample]:
+        """Every sample in order; one that cannot be read comes as its ``BadSample`` (with its id)."""
+        for index in range(len(self)):
+            try:
+                yield self[index]
+            except BadSample as bad:
+                yield bad if bad.sample_id is not None else bad.located(f"#{index}", self.url)
 
-# Formats whose reader lives in a module that registers itself when imported.
-_LAZY_READERS = {"shards": "vlm_core.data.shards"}
+
+class Subset(Source):
+    """The samples of ``source`` at ``indices`` (sorted: the stored order is kept)."""
+
+    def __init__(self, source: Source, indices: Sequence[int]) -> None:
+        self.source, self.indices, self.url = source, list(indices), source.url
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> RawSample:
+        return self.source[self.indices[index]]
+
+    @property
+    def rows_total(self) -> int:
+        return self.source.rows_total
+
+    def modality_lengths(self) -> list[int]:
+        lengths = self.source.modality_lengths()
+        return [lengths[i] for i in self.indices]
+
+
+def downsampled(size: int, spec: DatasetSpec) -> list[int] | None:
+    """Indices kept by the spec's ``limit`` / ``fraction`` (a seeded random subset, in stored
+    order), or ``None`` when everything is kept."""
+    import numpy as np
+
+    keep = spec.limit if spec.limit is not None else (round(size * spec.fraction) if spec.fraction is not None else None)
+    if keep is None or keep >= size:
+        return None
+    chosen = np.random.default_rng([spec.seed, size]).choice(size, size=keep, replace=False)
+    return sorted(int(i) for i in chosen)
+
+
+ReaderFn = Callable[[DatasetSpec], Any]
+READERS: Registry[ReaderFn] = Registry("dataset format")
+
+
+def register_reader(name: str, fn: ReaderFn, *, options: Iterable[str] = (), splits: Iterable[str] = ()) -> ReaderFn:
+    """Register ``fn(spec) -> source`` as format ``name``; ``options`` names the format-specific
+    DatasetSpec fields it reads and ``splits`` the values ``split`` may take (validation uses them)."""
+    fn.options, fn.splits = frozenset(options), tuple(splits)  # type: ignore[attr-defined]
+    return READERS.add(name, fn)
+
+
+def reader_options(name: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    fn = READERS.get(name)
+    return getattr(fn, "options", frozenset()), getattr(fn, "splits", ())
 
 
 def open_source(spec: DatasetSpec) -> Any:
-    """Open the dataset ``spec`` describes: a ``Source``, or a streaming source for ``shards``."""
+    """Open the dataset ``spec`` describes, downsampled as it says: a random-access ``Source``, or
+    a streaming source (staged shards, webdataset tars) that applies the downsampling itself."""
     fmt = detect_format(spec.url) if spec.format == "auto" else spec.format
-    if fmt not in READERS and fmt in _LAZY_READERS:
-        importlib.import_module(_LAZY_READERS[fmt])
-    return READERS.get(fmt)(spec)
+    source = READERS.get(fmt)(spec)
+    if isinstance(source, Source) and not isinstance(source, Subset):
+        kept = downsampled(len(source), spec)
+        if kept is not None:
+            return Subset(source, kept)
+    return source
 
 
 def detect_format(url: str) -> str:
@@ -70,7 +131,7 @@ def detect_format(url: str) -> str:
             raise FileNotFoundError(f"dataset {url!r} does not exist")
         raise ValueError(
             f"cannot tell the format of {url!r} from its name; name it .json, .jsonl or .parquet, "
-            f"or set format to one of {', '.join(READERS.names() + list(_LAZY_READERS))}"
+            f"or set format to one of {', '.join(READERS.names())}"
         )
     if fs.exists(f"{path.rstrip('/')}/manifest.json"):
         return "shards"
@@ -126,27 +187,43 @@ def llava_record_to_sample(record: Any, index: int, image_root: str) -> RawSampl
 
 
 class LlavaJsonSource(Source):
-    """LLaVA's JSON: one list of records (the whole file is parsed, as LLaVA does)."""
+    """LLaVA's JSON (one array of records, e.g. the 665k mix): one streaming pass indexes each
+    record's byte offset and modality length; item ``i`` is then one seek and one record parsed.
+    The file is never held in memory whole (LLaVA itself ``json.load``s it)."""
 
     def __init__(self, url: str, image_root: str) -> None:
+        from tqdm import tqdm
+
+        from vlm_core.data.sources.jsonscan import iter_array
+
         self.url, self.image_root = url, image_root
-        with storage.open_url(url, "rb") as f:
-            self._records = json.load(f)
-        if not isinstance(self._records, list):
-            # bad data, not a bad argument: callers report ValueErrors of sources as such
-            raise ValueError(f"{url}: LLaVA JSON is a list of records, got {type(self._records).__name__}")  # noqa: TRY004
+        self.offsets = array("q")
+        self._lengths = array("q")
+        try:
+            with storage.open_url(url, "rb") as f:
+                for offset, record in tqdm(iter_array(f), desc=f"indexing {url}", unit=" records", disable=None, leave=False):
+                    self.offsets.append(offset)
+                    self._lengths.append(_record_length(record))
+        except ValueError as err:
+            raise ValueError(f"{url}: LLaVA JSON is one array of records: {err}") from None
+        self._file = _PerProcessFile(url)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self.offsets)
 
     def __getitem__(self, index: int) -> RawSample:
-        return llava_record_to_sample(self._records[index], index, self.image_root)
+        from vlm_core.data.sources.jsonscan import read_record
+
+        return llava_record_to_sample(read_record(self._file.get(), self.offsets[index]), index, self.image_root)
 
     def modality_lengths(self) -> list[int]:
-        return [
-            _modality_length(r.get("conversations", []), bool(_record_images(r))) if isinstance(r, dict) else 0
-            for r in self._records
-        ]
+        return list(self._lengths)
+
+
+def _record_length(record: Any) -> int:
+    if not isinstance(record, dict):
+        return 0
+    return _modality_length(record.get("conversations") or [], bool(_record_images(record)))
 
 
 class _PerProcessFile:
@@ -195,9 +272,8 @@ class LlavaJsonlSource(Source):
     @staticmethod
     def _length_of(line: bytes) -> int:
         try:
-            record = json.loads(line)
-            return _modality_length(record.get("conversations", []), bool(_record_images(record)))
-        except (ValueError, AttributeError):
+            return _record_length(json.loads(line))
+        except ValueError:
             return 0
 
     def __len__(self) -> int:
@@ -220,6 +296,15 @@ class LlavaJsonlSource(Source):
 # ----------------------------------------------------------------------------- parquet
 
 
+def parquet_files(url: str, pattern: str = "*.parquet") -> list[str]:
+    """``url`` itself, or the files matching ``pattern`` in the folder ``url``, in name order."""
+    fs, path = storage.filesystem(url)
+    if not fs.isdir(path):
+        return [url]
+    protocol = storage.protocol(url)
+    return [p if protocol == "file" else f"{protocol}://{p}" for p in sorted(fs.glob(f"{path.rstrip('/')}/{pattern}"))]
+
+
 class ParquetSource(Source):
     """Parquet rows with inline image bytes (CodeFuse-VLM's layout) or image paths.
 
@@ -231,17 +316,11 @@ class ParquetSource(Source):
 
     CACHE_ROW_GROUPS = 2
 
-    def __init__(self, url: str, image_root: str) -> None:
+    def __init__(self, url: str, image_root: str, files: list[str] | None = None) -> None:
         import pyarrow.parquet as pq
 
         self.url, self.image_root = url, image_root
-        fs, path = storage.filesystem(url)
-        if fs.isdir(path):
-            paths = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet"))
-            protocol = storage.protocol(url)
-            self.files = [p if protocol == "file" else f"{protocol}://{p}" for p in paths]
-        else:
-            self.files = [url]
+        self.files = files if files is not None else parquet_files(url)
         if not self.files:
             raise FileNotFoundError(f"no *.parquet files under {url!r}")
         self._handles = [_PerProcessFile(f, pq.ParquetFile) for f in self.files]
@@ -299,12 +378,16 @@ class ParquetSource(Source):
             raise IndexError(f"index {index} out of range for {self._len} rows")
         g = bisect.bisect_right(self._starts, index) - 1
         row = self._row_group(self._groups[g]).slice(index - self._starts[g], 1).to_pylist()[0]
-        return RawSample(
-            id=str(row.get("id", index)),
-            images=[_resolve(self.image_root, ref) for ref in self._row_images(row)],
-            conversations=self._conversations(row),
-            meta={"source_row": index},
-        )
+        sample_id = str(row.get("id", index))
+        try:
+            return RawSample(
+                id=sample_id,
+                images=[_resolve(self.image_root, ref) for ref in self._row_images(row)],
+                conversations=self._conversations(row),
+                meta={"source_row": index},
+            )
+        except BadSample as bad:
+            raise bad.located(sample_id, self.url) from None
 
     def _row_images(self, row: dict[str, Any]) -> list[Any]:
         value = row.get(self._image_column) if self._image_column else None
@@ -333,7 +416,10 @@ class ParquetSource(Source):
             table = self._file(fi).read_row_group(rg, columns=self._text_columns)
             has_image = self._image_presence(fi, rg, table.num_rows)
             for row, image in zip(table.to_pylist(), has_image):
-                out.append(_modality_length(self._conversations(row), image))
+                try:
+                    out.append(_modality_length(self._conversations(row), image))
+                except BadSample:
+                    out.append(0)  # reported when the row is read
         return out
 
     def _image_presence(self, fi: int, rg: int, num_rows: int) -> list[bool]:
@@ -352,6 +438,10 @@ class ParquetSource(Source):
         return [bool(self._row_images({column: v})) for v in values]
 
 
-READERS.add("llava_json", lambda spec: LlavaJsonSource(spec.url, _image_root(spec)))
-READERS.add("llava_jsonl", lambda spec: LlavaJsonlSource(spec.url, _image_root(spec)))
-READERS.add("parquet", lambda spec: ParquetSource(spec.url, _image_root(spec)))
+register_reader("llava_json", lambda spec: LlavaJsonSource(spec.url, _image_root(spec)))
+register_reader("llava_jsonl", lambda spec: LlavaJsonlSource(spec.url, _image_root(spec)))
+register_reader("parquet", lambda spec: ParquetSource(spec.url, _image_root(spec)))
+
+# The other formats register themselves when their modules are imported.
+import vlm_core.data.shards
+import vlm_core.data.sources  # noqa: F401

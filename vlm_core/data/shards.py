@@ -14,6 +14,11 @@ Layout of a staged dataset at ``URL``::
 
     URL/manifest.json                 written last: its presence means the dataset is complete
     URL/shard-000000-<sha12>.tar      named by index and content, never overwritten in place
+    URL/lengths-<sha12>.npy           the length index: per sample, in staged order, int32
+                                      (text-token proxy, image count); read without the shards
+
+The manifest also reports the source: rows it holds, rows selected (split, downsampling),
+samples written, samples skipped by reason and the ids of the first skipped per reason.
 
 Inside a shard, one sample is a run of consecutive members sharing a key (the sample's global
 index, nine digits, so keys sort in dataset order and never contain a dot)::
@@ -31,17 +36,17 @@ import io
 import json
 import random
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vlm_core import storage
-from vlm_core.data.readers import READERS
+from vlm_core.data.readers import register_reader
 from vlm_core.data.types import RawSample
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SHARD_FORMAT = "webdataset-tar"
 
@@ -73,14 +78,28 @@ class SourceInfo(_Frozen):
     url: str = Field(description="The source URL, without any user info.")
     format: str
     fingerprint: str = Field(description="sha256 over the source files' names, sizes and versions.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Everything besides the source files that decides the staged bytes (reader settings, shard sizes): "
+        "a dataset is up to date when fingerprint and options both match.",
+    )
+
+
+class LengthIndexInfo(_Frozen):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
 class Manifest(_Frozen):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     format: Literal["webdataset-tar"] = SHARD_FORMAT
-    total_samples: int = Field(ge=0)
+    total_samples: int = Field(ge=0, description="Samples written.")
     shards: list[ShardInfo]
+    rows_total: int = Field(0, ge=0, description="Rows the source holds (before split filter and downsampling).")
+    rows_selected: int = Field(0, ge=0, description="Rows staging read: written + skipped.")
     skipped_samples: dict[str, int] = Field(default_factory=dict, description="Bad source samples left out, by reason.")
+    skipped_ids: dict[str, list[str]] = Field(default_factory=dict, description="Ids of the first skipped samples per reason.")
+    length_index: LengthIndexInfo | None = None
     source: SourceInfo
     created_at: str = Field(description="UTC time the staging finished, ISO 8601.")
 
@@ -89,7 +108,18 @@ class Manifest(_Frozen):
         counted = sum(s.samples for s in self.shards)
         if counted != self.total_samples:
             raise ValueError(f"total_samples is {self.total_samples} but the shards hold {counted}")
+        skipped = sum(self.skipped_samples.values())
+        if self.rows_selected != self.total_samples + skipped:
+            raise ValueError(f"rows_selected is {self.rows_selected} but {self.total_samples} written + {skipped} skipped")
         return self
+
+    def shard_starts(self) -> list[int]:
+        """Global index of each shard's first sample (the staged order)."""
+        starts, total = [], 0
+        for shard in self.shards:
+            starts.append(total)
+            total += shard.samples
+        return starts
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
@@ -141,6 +171,7 @@ class PackedSample:
 
     key: str
     members: tuple[tuple[str, bytes], ...]
+    sample_id: str = ""
 
     @classmethod
     def build(cls, index: int, sample: RawSample, images: list[tuple[str, bytes]], metadata: dict[str, Any]) -> PackedSample:
@@ -150,7 +181,7 @@ class PackedSample:
         text = json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
         members = [(f"{key}.json", text.encode("utf-8"))]
         members += [(image_member_name(key, i, ext), data) for i, (ext, data) in enumerate(images)]
-        return cls(key, tuple(members))
+        return cls(key, tuple(members), str(sample.id))
 
     @property
     def tar_bytes(self) -> int:
@@ -181,31 +212,65 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+LENGTH_COLUMNS = ("text_tokens", "images")
+
+
+def text_token_proxy(conversations: list[dict[str, Any]]) -> int:
+    """LLaVA's length proxy: whitespace words over all turns. Never more than the real token
+    count for tokenizers that split on whitespace (so a sample over budget by this proxy is over
+    budget in tokens); Chinese text without spaces counts low."""
+    return sum(len(str(turn.get("value", "")).split()) for turn in conversations)
+
+
+def pack_length_index(rows: list[tuple[int, int]]) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(rows, dtype=np.int32).reshape(-1, len(LENGTH_COLUMNS)), allow_pickle=False)
+    return buf.getvalue()
+
+
+def length_index_name(sha256: str) -> str:
+    return f"lengths-{sha256[:12]}.npy"
+
+
 # ----------------------------------------------------------------------------- reading
 
 
-def read_shard(stream: IO[bytes]) -> Iterator[RawSample]:
-    """Samples of a shard, read front to back (tar streaming mode: no seeks)."""
+def read_shard(stream: IO[bytes], wanted: Container[int] | None = None) -> Iterator[RawSample]:
+    """Samples of a shard, read front to back (tar streaming mode: no seeks). With ``wanted``
+    (positions within the shard), only those samples are built; the others are passed over
+    without decoding their members."""
+    for _, sample in read_shard_positions(stream, wanted):
+        yield sample
+
+
+def read_shard_positions(stream: IO[bytes], wanted: Container[int] | None = None) -> Iterator[tuple[int, RawSample]]:
+    """``(position in the shard, sample)`` for each (wanted) sample of a shard."""
     key: str | None = None
     record: dict[str, Any] | None = None
     images: dict[int, bytes] = {}
+    position = -1
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue
             member_key, _, field = member.name.partition(".")
             if member_key != key:
-                if key is not None:
-                    yield _sample(key, record, images)
+                if key is not None and (wanted is None or position in wanted):
+                    yield position, _sample(key, record, images)
                 key, record, images = member_key, None, {}
+                position += 1
+            if wanted is not None and position not in wanted:
+                continue
             data = tar.extractfile(member).read()
             if field == "json":
                 record = json.loads(data)
             else:
-                position, _, _ext = field.partition(".")
-                images[int(position)] = data
-        if key is not None:
-            yield _sample(key, record, images)
+                index, _, _ext = field.partition(".")
+                images[int(index)] = data
+        if key is not None and (wanted is None or position in wanted):
+            yield position, _sample(key, record, images)
 
 
 def _sample(key: str, record: dict[str, Any] | None, images: dict[int, bytes]) -> RawSample:
@@ -274,5 +339,31 @@ class ShardSource:
         data = storage.read_bytes(storage.join(self.url, shard.name))
         yield from read_shard(io.BytesIO(data))
 
+    # The block interface of streamed training sources (vlm_core/train/streaming.py): a list of
+    # (name, samples) known without reading, and the samples of one block at given positions.
 
-READERS.add("shards", lambda spec: ShardSource(spec.url))
+    def stream_blocks(self) -> list[tuple[str, int]]:
+        return [(s.name, s.samples) for s in self.manifest.shards]
+
+    def read_block(self, block: int, positions: Container[int]) -> dict[int, RawSample]:
+        """Samples at ``positions`` of shard ``block``: one GET, only those samples built."""
+        data = storage.read_bytes(storage.join(self.url, self.manifest.shards[block].name))
+        return dict(read_shard_positions(io.BytesIO(data), positions))
+
+    def lengths(self) -> Any:
+        """The length index: an int32 array (samples, 2) of (text-token proxy, image count) in
+        staged order, from one small file (no shard is read)."""
+        import numpy as np
+
+        info = self.manifest.length_index
+        if info is None:
+            raise ManifestError(f"{self.url} has no length index; stage it again")
+        return np.load(io.BytesIO(storage.read_bytes(storage.join(self.url, info.name))), allow_pickle=False)
+
+    def modality_lengths(self) -> list[int]:
+        """LLaVA's modality lengths (+ with images, - text-only) from the length index."""
+        index = self.lengths()
+        return [int(t) if n > 0 else -int(t) for t, n in index.tolist()]
+
+
+register_reader("shards", lambda spec: ShardSource(spec.url))

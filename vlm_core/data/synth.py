@@ -123,9 +123,13 @@ def mc_prompt(question: str, options: dict[str, str]) -> str:
 
 
 def instruct_records(image: str, scene: Scene, index: int, rng: Any) -> list[dict[str, Any]]:
-    """Five single-question samples per image: colour, shape twice, position, one multiple choice."""
+    """Six samples per image. Five single questions with short answers (LLaVA-1.5's VQA prompt):
+    colour, shape and position in both phrasings (the two slow attributes twice: position is
+    the last one a tiny model learns, left from right). One conversation of three multiple-choice turns (its MMBench
+    prompt), one per attribute in a random order, each with its options in a fresh random order,
+    the image in the first turn (LLaVA-1.5's multi-turn form)."""
     records = []
-    asks = [("colour", int(rng.integers(2))), ("shape", 0), ("shape", 1), ("position", int(rng.integers(2)))]
+    asks = [("colour", int(rng.integers(2))), ("shape", 0), ("shape", 1), ("position", 0), ("position", 1)]
     for k, (attribute, phrasing) in enumerate(asks):
         question = f"{QUESTIONS[attribute][phrasing]}\n{SHORT_ANSWER}"
         records.append(
@@ -135,15 +139,11 @@ def instruct_records(image: str, scene: Scene, index: int, rng: Any) -> list[dic
                 "conversations": [_human(question), {"from": "gpt", "value": scene.answer(attribute)}],
             }
         )
-    attribute = str(rng.choice(list(CHOICES)))
-    question, options, answer = multiple_choice(scene, attribute, rng)
-    records.append(
-        {
-            "id": f"instruct-{index:05d}-mc",
-            "image": image,
-            "conversations": [_human(mc_prompt(question, options)), {"from": "gpt", "value": answer}],
-        }
-    )
+    turns = []
+    for k in rng.permutation(len(CHOICES)):
+        question, options, answer = multiple_choice(scene, list(CHOICES)[k], rng)
+        turns += [_human(mc_prompt(question, options), image=not turns), {"from": "gpt", "value": answer}]
+    records.append({"id": f"instruct-{index:05d}-mc", "image": image, "conversations": turns})
     return records
 
 
@@ -277,7 +277,7 @@ def _mmbench_tsv(scenes: list[tuple[Scene, bytes]], rng: Any) -> str:
 @click.command("synth")
 @click.argument("out")
 @click.option("--seed", default=0, show_default=True, help="Everything written follows from this seed.")
-@click.option("--train", "train", default=3000, show_default=True, help="Training images (5 instruct samples each).")
+@click.option("--train", "train", default=3000, show_default=True, help="Training images (6 instruct samples each).")
 @click.option("--eval", "eval_images", default=300, show_default=True, help="Held-out eval images.")
 @click.option("--image-size", default=32, show_default=True, help="Image side in pixels.")
 def synth_command(out: str, seed: int, train: int, eval_images: int, image_size: int) -> None:

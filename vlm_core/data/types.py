@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
-ImageRef = Union[str, bytes]
+ImageRef = str | bytes
 """A URL (already resolved against the dataset's image root) or the encoded image itself."""
 
 Conversation = list[dict[str, str]]
@@ -23,10 +23,12 @@ class RawSample:
 
 BAD_SAMPLE_REASONS = (
     "missing_image",
-    "corrupt_image",
+    "corrupt_image",  # undecodable bytes
     "image_count_mismatch",
     "too_long",
     "no_assistant_turn",
+    "no_answer",  # an assistant turn, but empty
+    "duplicate_id",  # an id seen before in the same source (ids key the encoded-sample cache)
     "malformed",
 )
 

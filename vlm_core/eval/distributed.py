@@ -1,70 +1,71 @@
-"""The little torch.distributed the eval needs: who am I, and gather Python objects.
+"""The little torch.distributed the eval needs, through accelerate: who am I, and gather Python objects.
 
-Under torchrun (WORLD_SIZE > 1) a process group is created on first use; objects travel over a
-gloo group even when the main backend is NCCL, so gathering never needs GPU tensors.
+Under torchrun (WORLD_SIZE > 1) accelerate's ``PartialState`` creates the process group on first
+use (NCCL with CUDA, gloo without) and sets each process's device; ``gather_object`` and
+``broadcast_object_list`` move pickled objects over that group. Outside torchrun every call is
+the one-process identity, and no process group is created.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cache
 from typing import Any
+
+
+def _state():
+    import torch
+    from accelerate import PartialState
+
+    if torch.cuda.is_available():
+        return PartialState(backend="nccl")
+    # Without CUDA accelerate must be told it is a CPU job: otherwise its state is "not
+    # distributed" and gather_object / broadcast_object_list silently act per process.
+    return PartialState(cpu=True, backend="gloo")
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def world() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _distributed():
         return 0, 1
-    dist = _init()
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _init():
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    return dist
-
-
-@cache
-def _object_group():
-    dist = _init()
-    return dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+    state = _state()
+    return state.process_index, state.num_processes
 
 
 def all_gather(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a one-element list outside torchrun)."""
-    _, size = world()
-    if size == 1:
+    if not _distributed():
         return [obj]
-    dist = _init()
-    out: list[Any] = [None] * size
-    dist.all_gather_object(out, obj, group=_object_group())
-    return out
+    from accelerate.utils import gather_object
+
+    _state()
+    return gather_object([obj])  # accelerate concatenates the ranks' lists: one item each
 
 
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank."""
-    _, size = world()
-    if size == 1:
+    if not _distributed():
         return obj
-    dist = _init()
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, group=_object_group())
-    return box[0]
+    from accelerate.utils import broadcast_object_list
+
+    _state()
+    return broadcast_object_list([obj], from_process=0)[0]
 
 
 def barrier() -> None:
-    if world()[1] > 1:
-        _init().barrier(group=_object_group())
+    if _distributed():
+        _state().wait_for_everyone()
 
 
 def device() -> str:
+    """The device this process evaluates on: its own GPU under torchrun, else cuda:0 or cpu."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    if _distributed():
+        return str(_state().device)
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
@@ -28,6 +29,38 @@ def expand_to_square(image: Image.Image, background: tuple[int, ...]) -> Image.I
     canvas = Image.new(image.mode, (side, side), background)
     canvas.paste(image, ((side - width) // 2, (side - height) // 2))
     return canvas
+
+
+def _batched_equivalent(image_processor: BaseImageProcessor, size: int) -> Callable[[torch.Tensor], torch.Tensor] | Literal[False]:
+    """A batched ``uint8 (n, 3, size, size) -> float32`` function equal to ``image_processor`` on
+    ``size`` squares, or False.
+
+    On a square of the final size the transformers processors' resize and crop change nothing,
+    and what remains is pointwise: ``float32(float64(x) * rescale_factor)``, then ``(x - mean) / std``
+    in float32 (transformers' numpy order, kept here so the pixels are bit-identical). Pointwise
+    means one probe that holds every byte value in every channel proves equality for all images;
+    a processor that differs on it (another size, padding, other steps) is used as it is.
+    """
+    def rescale_normalize(pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels
+        if getattr(image_processor, "do_rescale", False):
+            x = (x.double() * image_processor.rescale_factor).float()
+        x = x.float()
+        if getattr(image_processor, "do_normalize", False):
+            mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, -1, 1, 1)
+            x = (x - mean) / std
+        return x
+
+    levels = np.arange(size * size, dtype=np.int64) % 256
+    probe = np.stack([levels, (levels * 7 + 3) % 256, (levels * 13 + 5) % 256], axis=-1).reshape(size, size, 3)
+    probe_image = Image.fromarray(probe.astype(np.uint8), "RGB")
+    try:
+        expected = image_processor([probe_image], return_tensors="pt")["pixel_values"]
+        got = rescale_normalize(torch.from_numpy(np.array(probe_image)).permute(2, 0, 1)[None])
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return rescale_normalize if expected.shape == got.shape and torch.equal(expected, got) else False
 
 
 class VLMProcessor:
@@ -55,15 +88,16 @@ class VLMProcessor:
         self.image_aspect = image_aspect
         self.image_token = image_token
         self.image_token_id: int = image_token_id
+        # The image processor's rescale + normalize as one batched torch op, once checked to give
+        # its exact pixels; False where it does not (then the processor itself runs).
+        self._rescale_normalize: Callable[[torch.Tensor], torch.Tensor] | Literal[False] | None = None
 
     def _background(self) -> tuple[int, ...]:
         # LLaVA's expand2square colour, truncated as LLaVA does: tuple(int(x * 255) for x in image_mean)
         return tuple(int(m * 255) for m in self.image_processor.image_mean)
 
-    def process_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``n`` PIL images -> ``(n, 3, image_size, image_size)`` normalised pixels."""
-        if not images:
-            return torch.zeros(0, 3, self.image_size, self.image_size)
+    def square_images(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """RGB ``image_size`` squares: ``square`` stretches, ``pad`` centres on the mean colour first."""
         prepared = []
         for image in images:
             image = image.convert("RGB")
@@ -72,7 +106,19 @@ class VLMProcessor:
             # Resizing to the exact square here makes the processor's own resize / crop no-ops,
             # so `square` never crops and `pad` keeps the whole padded image.
             prepared.append(image.resize((self.image_size, self.image_size), Image.BICUBIC))
-        return self.image_processor(prepared, return_tensors="pt")["pixel_values"]
+        return prepared
+
+    def process_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``n`` PIL images -> ``(n, 3, image_size, image_size)`` normalised pixels."""
+        if not images:
+            return torch.zeros(0, 3, self.image_size, self.image_size)
+        prepared = self.square_images(images)
+        if self._rescale_normalize is None:
+            self._rescale_normalize = _batched_equivalent(self.image_processor, self.image_size)
+        if self._rescale_normalize is False:
+            return self.image_processor(prepared, return_tensors="pt")["pixel_values"]
+        pixels = torch.from_numpy(np.stack([np.asarray(image) for image in prepared])).permute(0, 3, 1, 2)
+        return self._rescale_normalize(pixels)
 
     # -- persistence: the same folder as the model
 

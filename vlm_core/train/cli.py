@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from vlm_core.config import STAGE_NAMES
+
 
 @click.command("train")
 @click.option("--config", "config_url", required=True, help="Run config YAML (any fsspec URL).")
-@click.option("--stage", required=True, type=click.Choice(["align", "instruct", "full"]))
+@click.option("--stage", required=True, type=click.Choice(STAGE_NAMES))
 @click.option("--resume", default=None, help="'auto' continues from the newest checkpoint; or a checkpoint path.")
 @click.option("--max-steps", type=int, default=None, help="Override the stage's length (smoke runs).")
 def train_command(config_url: str, stage: str, resume: str | None, max_steps: int | None) -> None:

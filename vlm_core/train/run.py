@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,17 +58,16 @@ class StagePaths:
 
 def _ensure_process_group_env() -> None:
     """DeepSpeed always wants a process group; give a plain `vlm train` a world of one."""
+    from vlm_core.ports import free_port
+
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
 
 def init_distributed(cfg: RunConfig):
-    """Create accelerate's state first: on CPU the Trainer must reuse a gloo group (DESIGN.md)."""
+    """Create accelerate's state first: on CPU the Trainer must reuse a gloo group (docs/ARCHITECTURE.md, "Training")."""
     import torch
     from accelerate import PartialState
 
@@ -151,8 +149,9 @@ def build_model_for_stage(cfg: RunConfig, stage_name: str, sources):
     return model, processor
 
 
-def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources):
-    """A map-style mixture of random-access sources, or a stream when any source is staged shards."""
+def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources, cache_root: str | None = None, state=None):
+    """A map-style mixture of random-access sources, or a stream when any source is staged shards.
+    With ``data.cache`` the samples are encoded first, by the local ranks together, under ``cache_root``."""
     from vlm_core.data.encoding import SampleEncoder
     from vlm_core.data.mixture import MixtureDataset
     from vlm_core.data.templates import get_template
@@ -164,8 +163,25 @@ def build_dataset(cfg: RunConfig, stage: StageConfig, processor, sources):
         image_aspect=cfg.data.image_aspect,
         strict=cfg.data.strict,
     )
+    if cfg.data.cache != "none" and cache_root is not None:
+        from vlm_core.data.cache import cached_encoder, dataset_fingerprint
+
+        specs = {name: cfg.data.datasets[name] for name in sources}
+        encoder = cached_encoder(
+            encoder,
+            {name: source for name, (source, _) in sources.items()},
+            {name: dataset_fingerprint(spec.url, spec.image_root) for name, spec in specs.items()},
+            cache_root,
+            mode=cfg.data.cache,
+            part=state.local_process_index,
+            parts=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+            barrier=state.wait_for_everyone,
+        )
     if any(is_streaming(source) for source, _ in sources.values()):
-        return StreamingMixture(sources, encoder, seed=stage.seed)
+        # Streams group by length within each window of blocks, from the staged length index.
+        indexed = all(not is_streaming(s) or hasattr(s, "lengths") for s, _ in sources.values())
+        grouped = stage.group_by_modality_length and not cfg.data.packing and indexed
+        return StreamingMixture(sources, encoder, seed=stage.seed, group_by_length=stage.per_device_batch_size if grouped else None)
     return MixtureDataset(sources, encoder, seed=stage.seed)
 
 
@@ -277,6 +293,9 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
     from vlm_core.train.trainer import VLMTrainer
 
     stage = cfg.stage(stage_name)
+    done = _completed_output(cfg, stage_name)
+    if done is not None:
+        return done
     state = init_distributed(cfg)
     paths = StagePaths.for_stage(cfg, stage_name)
     # Arguments before the model: with ZeRO-3 they install the HfDeepSpeedConfig that makes
@@ -290,7 +309,8 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
     if state.is_main_process:
         log.info("stage %s: %s trainable of %s parameters (%s)", stage_name, f"{trainable:,}", f"{total:,}", ", ".join(stage.trainable))
 
-    dataset = build_dataset(cfg, stage, processor, sources)
+    # The encoded-sample cache sits next to the stages' local folders: reused by a restart.
+    dataset = build_dataset(cfg, stage, processor, sources, os.path.join(os.path.dirname(paths.local), "cache"), state)
     callbacks = [TensorBoardLogger(paths.tensorboard_url, paths.tensorboard_local)]
     if not storage.is_local(paths.url):
         callbacks.append(_mirror_callback(paths))
@@ -310,20 +330,45 @@ def train_stage(cfg: RunConfig, stage_name: str, resume: str | None = None) -> s
             log.info("resuming from %s", checkpoint or "scratch (no checkpoint yet)")
     elif resume:
         checkpoint = resume
+    if checkpoint and isinstance(dataset, StreamingMixture):
+        _seek_stream(trainer, dataset, checkpoint, cfg.data.num_workers)
     trainer.train(resume_from_checkpoint=checkpoint)
     _report_bad_samples(dataset, state)
+
+    _save_final_model(cfg, stage_name, trainer, processor, paths, state)
+    return paths.url
+
+
+def _completed_output(cfg: RunConfig, stage_name: str) -> str | None:
+    """The stage's output URL when it already carries this config's completion marker: a replica
+    restarted after the stage finished (e.g. killed at the last barrier) has nothing to do."""
+    from vlm_core.completion import read_marker, stage_fingerprint
+
+    url = cfg.stage_output(stage_name)
+    marker = read_marker(url)
+    if marker is None or marker.get("fingerprint") != stage_fingerprint(cfg, stage_name):
+        return None
+    log.info("stage %s is complete (%s at step %s): nothing to train", stage_name, url, marker.get("global_step"))
+    return url
+
+
+def _save_final_model(cfg: RunConfig, stage_name: str, trainer, processor, paths: StagePaths, state) -> None:
+    """Write the final model, then (last, atomically) the completion marker the orchestrator
+    waits for: a stage whose final save was interrupted has no marker and is resumed."""
+    from vlm_core.completion import stage_fingerprint, write_marker
 
     # save_model must run on every rank: under ZeRO-3 it gathers the partitioned weights.
     trainer.save_model(paths.local)
     if state.is_main_process:
         processor.save_pretrained(paths.local)
-        if stage.lora is not None:
+        if cfg.stage(stage_name).lora is not None:
             _point_adapter_at_base(paths.local, cfg.resolve_init(stage_name))
         if not storage.is_local(paths.url):
             storage.upload_dir(paths.local, paths.url)
-        log.info("stage %s finished at step %d: %s", stage_name, trainer.state.global_step, paths.url)
+        step = trainer.state.global_step
+        write_marker(paths.url, stage_name, stage_fingerprint(cfg, stage_name), global_step=step, checkpoint=paths.url)
+        log.info("stage %s finished at step %d: %s", stage_name, step, paths.url)
     state.wait_for_everyone()
-    return paths.url
 
 
 def _point_adapter_at_base(folder: str, base_url: str | None) -> None:
@@ -339,6 +384,20 @@ def _point_adapter_at_base(folder: str, base_url: str | None) -> None:
     adapter["base_model_name_or_path"] = base_url
     with open(path, "w") as f:
         json.dump(adapter, f, indent=2)
+
+
+def _seek_stream(trainer, dataset: StreamingMixture, checkpoint: str, workers: int) -> None:
+    """Continue the stream where the checkpoint left it (no sample consumed before is read
+    again), instead of the Trainer re-reading and dropping the batches of the resumed epoch."""
+    from vlm_core.train.streaming import load_data_state
+
+    state = load_data_state(checkpoint, dataset, workers)
+    if state is None:
+        log.info("no stream position in %s for this rank and world size: the consumed batches are re-read", checkpoint)
+        return
+    dataset.resume = state
+    trainer.args.ignore_data_skip = True
+    log.info("stream seeks to epoch %d, batch %d (no sample before it is read)", state["epoch"], state["batches"])
 
 
 def _groups_by_length(stage: StageConfig, cfg: RunConfig, dataset) -> bool:

@@ -1,6 +1,6 @@
-"""The HF Trainer, taught three things a VLM run needs: per-dataset loss, throughput, and a
-modality/length grouped sampler. Everything else (DeepSpeed, clipping, schedules, checkpoint
-rotation, resume) is the Trainer's own.
+"""The HF Trainer, taught what a VLM run needs: per-dataset loss, throughput, a modality/length
+grouped sampler, and streams that record their position in each checkpoint. Everything else
+(DeepSpeed, clipping, schedules, checkpoint rotation, resume) is the Trainer's own.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from vlm_core.models.loss import mean_loss, next_token_targets, target_losses
 from vlm_core.train.sampler import ModalityLengthGroupedSampler
@@ -25,12 +25,30 @@ def target_samples(labels: torch.Tensor, position_ids: torch.Tensor | None, pack
     return rows[:, None].expand(-1, labels.size(1) - 1)
 
 
+class StreamStateCallback(TrainerCallback):
+    """Write each rank's stream position into every checkpoint (``data_state/rank-<r>.json``),
+    so ``--resume auto`` seeks the stream instead of re-reading what was consumed."""
+
+    def on_save(self, args, state, control, train_dataloader=None, **kwargs):
+        import os
+
+        from vlm_core.train.streaming import StreamLoader, save_data_state
+
+        if isinstance(train_dataloader, StreamLoader):
+            save_data_state(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"), train_dataloader.state_dict())
+
+
 class VLMTrainer(Trainer):
     # compute_loss returns a per-micro-batch mean; the Trainer divides by accumulation steps.
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, dataset_names: list[str], lengths: list[int] | None, **kwargs) -> None:
+        from vlm_core.train.streaming import StreamingMixture
+
         super().__init__(*args, **kwargs)
+        if isinstance(self.train_dataset, StreamingMixture):
+            # First, so the stream position is in the checkpoint before anything copies it away.
+            self.callback_handler.callbacks.insert(0, StreamStateCallback())
         self.dataset_names = dataset_names
         self.lengths = lengths
         n = len(dataset_names)
@@ -68,6 +86,14 @@ class VLMTrainer(Trainer):
     def train(self, *args, **kwargs):
         self._last_log_time = time.perf_counter()
         return super().train(*args, **kwargs)
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the checkpoint of the planned last step (a replica restarted while the
+        # final model was being saved): the Trainer's loop would train one step more before it
+        # compares the step count with max_steps. Such a run trains nothing.
+        if self.state.global_step >= self.state.max_steps:
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
