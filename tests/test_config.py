@@ -43,6 +43,10 @@ def test_unknown_field_and_dangling_dataset_rejected():
     dangling["stages"]["align"]["datasets"] = ["nope"]
     with pytest.raises(ConfigError, match="'nope', which is not in data.datasets"):
         parse_config(dangling)
+    corpus = json.loads(json.dumps(MINIMAL))
+    corpus["model"] = {"tokenizer": {"train_corpus": ["synth_instruct"]}}
+    with pytest.raises(ConfigError, match=r"model.tokenizer.train_corpus names 'synth_instruct', which is not in data.datasets"):
+        parse_config(corpus)
 
 
 def test_epochs_xor_max_steps():

@@ -304,3 +304,18 @@ def test_pretrained_parts_load_by_path(tmp_path):
         expected = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
         torch.testing.assert_close(model.vision_tower(pixels), expected)
     assert isinstance(model, VLMForConditionalGeneration)
+
+
+def test_random_parts_get_their_own_classes_initialization():
+    """A random tower and LLM inside the VLM are initialized as transformers initializes them alone
+    (CLIP's attention and MLP scales, not a generic 0.02), so a seed means the same model however
+    the VLM is built."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    model, _ = build_vlm(ModelConfig(), template="vicuna_v1", image_aspect="pad", tokenizer_texts=TEXTS)
+    for part, cls in ((model.vision_tower.model, AutoModel), (model.language_model, AutoModelForCausalLM)):
+        alone = dict(cls.from_config(part.config).named_parameters())
+        for name, param in part.named_parameters():
+            if param.numel() >= 256 and alone[name].std() > 0:
+                ratio = float(param.std() / alone[name].std())
+                assert 0.8 < ratio < 1.25, (type(part).__name__, name, ratio)

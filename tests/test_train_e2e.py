@@ -146,3 +146,22 @@ def test_lora_trains_projector_and_export_merges(run_dir: Path):
     ids = torch.tensor([[processor.tokenizer.bos_token_id or 1, 5, 6, 7]])
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
+
+
+def test_two_processes_without_deepspeed_train_one_data_parallel_run(run_dir: Path):
+    """Without DeepSpeed, two torchrun workers on CPU are one DDP run (each sees half of an epoch),
+    not two independent runs that each train the whole epoch."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["output"] = str(run_dir / "ddp-out")
+    cfg["distributed"]["deepspeed"] = "none"
+    align = cfg["stages"]["align"]
+    align.pop("max_steps")
+    align.update(epochs=1, save_steps=1000, per_device_batch_size=8, group_by_modality_length=False)
+    cfg["stages"] = {"align": align}
+    config = run_dir / "ddp.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    result = subprocess.run(_torchrun(config, "align"), env=_env(), cwd=run_dir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    samples = sum(1 for _ in open(run_dir / "synth" / "align.jsonl"))
+    state = _trainer_state(run_dir / "ddp-out" / "align" / "checkpoints" / f"checkpoint-{-(-samples // 16)}")
+    assert state["global_step"] == -(-samples // 16), (samples, state["global_step"])

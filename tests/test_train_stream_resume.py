@@ -41,6 +41,7 @@ def test_resumed_stream_seeks_and_matches_the_uninterrupted_run(tmp_path):
     (tmp_path / "raw" / "align.jsonl").write_text("\n".join(lines) + "\n")
     cfg = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     cfg["data"]["datasets"] = {"synth_align": {"url": str(tmp_path / "raw" / "align.jsonl")}}
+    cfg["model"]["tokenizer"]["train_corpus"] = ["synth_align"]
     cfg["stages"] = {"align": {**cfg["stages"]["align"], "max_steps": 4, "save_steps": 2, "logging_steps": 1, "warmup_steps": 1,
                                "per_device_batch_size": 4}}
     cfg["distributed"] = {"deepspeed": "none", "nodes": 1, "procs_per_node": 1}

@@ -350,14 +350,17 @@ class RunConfig(_Section):
     def _references_resolve(self) -> RunConfig:
         for stage_name, stage in self.stages.items():
             for ds in stage.datasets:
-                if ds not in self.data.datasets:
-                    known = ", ".join(sorted(self.data.datasets)) or "none defined"
-                    raise ValueError(
-                        f"stages.{stage_name}.datasets names {ds!r}, which is not in data.datasets (known: {known})"
-                    )
+                self._require_dataset(f"stages.{stage_name}.datasets", ds)
             if stage.init_from in STAGE_NAMES and stage.init_from not in self.stages:
                 raise ValueError(f"stages.{stage_name}.init_from names stage {stage.init_from!r}, which is not configured")
+        for ds in self.model.tokenizer.train_corpus:
+            self._require_dataset("model.tokenizer.train_corpus", ds)
         return self
+
+    def _require_dataset(self, where: str, name: str) -> None:
+        if name not in self.data.datasets:
+            known = ", ".join(sorted(self.data.datasets)) or "none defined"
+            raise ValueError(f"{where} names {name!r}, which is not in data.datasets (known: {known})")
 
     # -- paths derived from `output`, in one place so every layer agrees
 

@@ -12,6 +12,7 @@ from transformers import (
     AutoTokenizer,
     GenerationConfig,
     PretrainedConfig,
+    PreTrainedModel,
 )
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -88,6 +89,35 @@ def _pretrained_llm(model_cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase):
     return llm
 
 
+def _construct(config: VLMConfig, **parts: Any) -> VLMForConditionalGeneration:
+    """The model with the same random weights under any ZeRO stage, for one seed.
+
+    Under ZeRO-3 transformers builds with torch's init functions disabled, then initializes each
+    part by its own ``_init_weights``. Without ZeRO-3 the layers' constructor-time init would draw
+    first and shift every later draw, so the same is done here: build empty, then initialize.
+    """
+    from transformers import initialization
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return VLMForConditionalGeneration._from_config(config, **parts)
+    with initialization.no_init_weights():
+        model = VLMForConditionalGeneration._from_config(config, **parts)
+    with torch.no_grad(), initialization.guard_torch_init_functions():
+        _initialize(model, model._initialize_weights)
+    model.tie_weights()
+    return model
+
+
+def _initialize(module: torch.nn.Module, init_fn: Any) -> None:
+    # transformers' own dispatch as its ZeRO-3 path runs it (children first, each sub-model by its
+    # own init). Its non-ZeRO path treats a model defined outside transformers as remote code and
+    # skips container modules, so a random CLIP tower would miss CLIP's attention and MLP init.
+    for child in module.children():
+        _initialize(child, child._initialize_weights if isinstance(child, PreTrainedModel) else init_fn)
+    init_fn(module, False)
+
+
 def build_vlm(
     model_cfg: ModelConfig,
     *,
@@ -122,10 +152,11 @@ def build_vlm(
         projector_num_heads=model_cfg.projector.num_heads,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
     )
+    # Reseeded so the random parts do not depend on what loading the pretrained ones drew (under
+    # ZeRO-3, resizing the embeddings draws differently).
+    torch.manual_seed(model_cfg.seed)
     # num_image_tokens is filled in by the model from its projector
-    model = VLMForConditionalGeneration._from_config(
-        config, vision_tower=pretrained_tower, language_model=language_model
-    )
+    model = _construct(config, vision_tower=pretrained_tower, language_model=language_model)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
     )

@@ -78,7 +78,10 @@ def init_distributed(cfg: RunConfig):
     backend = cfg.distributed.backend
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    return PartialState(backend=backend)
+    # Without DeepSpeed and CUDA, accelerate calls a torchrun world "not distributed" (no DDP, no
+    # barriers) unless told it is a CPU world; with DeepSpeed that flag would hide DeepSpeed.
+    cpu_ddp = cfg.distributed.deepspeed == "none" and not torch.cuda.is_available()
+    return PartialState(cpu=cpu_ddp, backend=backend)
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -279,7 +282,8 @@ def training_arguments(cfg: RunConfig, stage: StageConfig, paths: StagePaths, on
         seed=stage.seed,
         average_tokens_across_devices=False,
         accelerator_config={"use_configured_state": True},
-        ddp_find_unused_parameters=False,
+        # Without DeepSpeed, DDP must skip what never reaches the loss (e.g. CLIP's pooler norm).
+        ddp_find_unused_parameters=cfg.distributed.deepspeed == "none",
         **length,
     )
 
