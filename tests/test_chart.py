@@ -288,6 +288,7 @@ def test_user_values_replace_the_example_run():
     """`vlm pipeline chart-values` output installs exactly the given config, nothing of the example."""
     data = chart_values.example_run().model_dump(mode="json")
     data["data"]["datasets"] = {"mine": {"url": "s3://bucket/mine.jsonl"}}
+    data["model"]["tokenizer"]["train_corpus"] = ["mine"]
     data["stages"] = {"full": {"datasets": ["mine"], "trainable": ["projector", "llm"], "max_steps": 10}}
     data["eval"] = {"benchmarks": []}
     cfg = parse_config(data)
