@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from PIL import Image
 from transformers import (
@@ -298,3 +299,26 @@ def test_qwen_vl_parts_alone_feed_a_run_config(qwen, tmp_path):
     assert model.projector.attn_pool.attn.num_heads == OUT // 128
     with pytest.raises(UnsupportedCheckpoint, match="no vision tower to write"):
         import_checkpoint("qwen-vl", str(qwen["text_only"]), str(tmp_path / "x"), ImportOptions(only="vision"))
+
+
+def test_vlm_train_on_a_checkpoint_to_import_is_one_line(llava, tmp_path):
+    """`vlm train` with an LLM that must be converted first says so in one line, no traceback."""
+    from click.testing import CliRunner
+
+    from vlm_core.cli import main
+
+    paths, _ = llava
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"llm": {"name_or_path": str(paths["full"])}},
+        "data": {"datasets": {"d": {"url": str(tmp_path / "d.jsonl")}}},
+        "stages": {"instruct": {"datasets": ["d"], "trainable": ["projector"], "max_steps": 1}},
+        "distributed": {"deepspeed": "none"},
+        "output": str(tmp_path / "out"),
+    }))
+    (tmp_path / "d.jsonl").write_text('{"id": "0", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}\n')
+    result = CliRunner().invoke(main, ["train", "--config", str(config), "--stage", "instruct"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a ClickException, not a crash
+    (line,) = [line for line in result.output.splitlines() if line.strip()]
+    assert "model.llm.name_or_path" in line and "vlm import llava" in line, line

@@ -25,9 +25,10 @@ def train_command(config_url: str, stage: str, resume: str | None, max_steps: in
         cfg.stage(stage)
         if max_steps is not None:
             cfg = cfg.with_overrides({f"stages.{stage}.max_steps": max_steps}, source="--max-steps")
+        # Building the model checks its parts too (e.g. a Qwen v1 LLM that must be imported first).
+        url = train_stage(cfg, stage, resume=resume)
     except ConfigError as err:
         raise click.ClickException(str(err)) from None
-    url = train_stage(cfg, stage, resume=resume)
     click.echo(url)
 
 
