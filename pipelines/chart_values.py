@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlm_core.config import STAGE_NAMES, DataConfig, RunConfig, load_config
-from vlm_core.storage import is_local, join, parent
+from vlm_core.config import STAGE_NAMES, RunConfig, load_config
+from vlm_core.storage import is_local, join
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO_DIR / "charts" / "vlm-platform"
@@ -146,12 +146,7 @@ def on_volume(cfg: RunConfig, pvc: str) -> RunConfig:
 def example_run() -> RunConfig:
     """The chart's default run: the quickstart on the chart's PVC, its synthetic data made by the
     staging step in-cluster (``data.synthesize``), so a fresh cluster needs nothing prepared."""
-    cfg = load_config(EXAMPLE_SOURCE)
-    # Until data.synthesize (orch's branch) is on main, the chart's run cannot ask for it.
-    if "synthesize" in DataConfig.model_fields and cfg.data.synthesize is None:
-        (folder,) = {parent(spec.url) for spec in cfg.data.datasets.values()}
-        cfg = cfg.with_overrides({"data.synthesize": folder}, source=str(EXAMPLE_SOURCE))
-    return on_volume(cfg, EXAMPLE_PVC)
+    return on_volume(load_config(EXAMPLE_SOURCE), EXAMPLE_PVC)
 
 
 # ----------------------------------------------------------------------------- values.yaml and schema

@@ -18,7 +18,7 @@ helm = pytest.importorskip("helm_python")
 from pipelines import chart_values
 from pipelines.manifests import chart_objects, render_chart
 from pipelines.validate import problems
-from vlm_core.config import DataConfig, load_config, parse_config
+from vlm_core.config import load_config, parse_config
 
 CHART = chart_values.CHART_DIR
 VALUE_SETS = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -154,14 +154,9 @@ def test_defaults_are_the_quickstart_on_the_pvc():
         assert node == f"{mount}/{path}"
     # Nothing else differs from the quickstart (but the request for in-cluster data, checked below).
     back = {"cluster.storage.pvc": None}
-    if "synthesize" in DataConfig.model_fields and "data.synthesize" not in moved:
-        back["data.synthesize"] = None
     assert run.with_overrides(back | moved) == quickstart
 
 
-@pytest.mark.skipif(
-    "synthesize" not in DataConfig.model_fields, reason="data.synthesize comes with the orch branch"
-)
 def test_the_default_run_makes_its_data_in_cluster():
     """The staging step writes the synthetic dataset where every dataset and eval file of the run is."""
     run = chart_values.example_run()

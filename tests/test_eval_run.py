@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from click.testing import CliRunner
 from tests.test_eval_generate import tiny_model
 from vlm_core import storage
 from vlm_core.cli import main
+from vlm_core.ports import free_port
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +70,6 @@ def test_chat_one_shot_streams_the_eval_answer(setup):
     assert result.stdout.strip() == expected["answer"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, args: list[str]) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -89,7 +83,7 @@ def test_two_processes_give_identical_results(setup):
     single = str(setup / "single")
     assert CliRunner().invoke(main, _run_args(setup, single)).exit_code == 0
     double = str(setup / "double")
-    mp.spawn(_worker, args=(2, _free_port(), _run_args(setup, double)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), _run_args(setup, double)), nprocs=2, join=True)
     for name in ("results.json", "answers/synth_vqa.jsonl", "answers/synth_mmbench.jsonl"):
         assert (setup / "double" / name).read_text() == (setup / "single" / name).read_text(), name
     assert not list((setup / "double" / "answers").glob("*.rank*.jsonl"))

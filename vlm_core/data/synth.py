@@ -23,14 +23,15 @@ from typing import Any
 import click
 
 from vlm_core import storage
+from vlm_core.eval.prompts import LETTER_INSTRUCTION, SHORT_ANSWER
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")
 CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "position": 1 / len(POSITIONS)}
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's VQA suffix
-MULTIPLE_CHOICE = "Answer with the option's letter from the given choices directly."  # LLaVA-1.5's MMBench suffix
+# Phrased as the synthetic benchmarks ask (LLaVA-1.5's VQA and MMBench suffixes).
+MULTIPLE_CHOICE = LETTER_INSTRUCTION["en"]
 CAPTION_PROMPTS = (
     "Describe the image briefly.",
     "Give a short caption of the image.",
