@@ -79,8 +79,10 @@ def init_distributed(cfg: RunConfig):
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     # Without DeepSpeed and CUDA, accelerate calls a torchrun world "not distributed" (no DDP, no
-    # barriers) unless told it is a CPU world; with DeepSpeed that flag would hide DeepSpeed.
-    cpu_ddp = cfg.distributed.deepspeed == "none" and not torch.cuda.is_available()
+    # barriers) unless told it is a CPU world; with DeepSpeed that flag would hide DeepSpeed, and a
+    # world of one needs no process group.
+    cpu_ddp = (cfg.distributed.deepspeed == "none" and not torch.cuda.is_available()
+               and int(os.environ["WORLD_SIZE"]) > 1)
     return PartialState(cpu=cpu_ddp, backend=backend)
 
 

@@ -15,28 +15,27 @@ one book make one sample.
 
 from __future__ import annotations
 
-from array import array
 from typing import Any
 
 from vlm_core import storage
 from vlm_core.config import DatasetSpec
-from vlm_core.data.readers import Source, _PerProcessFile, register_reader
-from vlm_core.data.sources.jsonscan import iter_object, read_record
+from vlm_core.data.readers import register_reader
+from vlm_core.data.sources.chunked import ChunkedRecordSource
+from vlm_core.data.sources.jsonscan import iter_object
 from vlm_core.data.types import BadSample, RawSample
 
 SPLITS = {"train": 1, "val": 2, "test": 3}
 
 
-class OcrVqaSource(Source):
+class OcrVqaSource(ChunkedRecordSource):
     def __init__(self, spec: DatasetSpec) -> None:
         from tqdm import tqdm
 
+        super().__init__(spec.url)
         self.url, self.turns = spec.url, spec.turns_per_sample
         self.image_root = spec.image_root if spec.image_root is not None else storage.join(storage.parent(spec.url), "images")
         wanted = SPLITS[spec.split] if spec.split is not None else None
-        self.offsets, self.starts, self._lengths = array("q"), array("q"), array("q")
         self.ids: list[str] = []
-        self._rows = 0
         with storage.open_url(spec.url, "rb") as f:
             for offset, book_id, book in tqdm(iter_object(f), desc=f"indexing {spec.url}", unit=" books", disable=None, leave=False):
                 pairs = list(zip(book.get("questions") or [], book.get("answers") or [])) if isinstance(book, dict) else []
@@ -45,22 +44,9 @@ class OcrVqaSource(Source):
                     continue
                 for start in range(0, len(pairs), self.turns):
                     chunk = pairs[start : start + self.turns]
-                    self.offsets.append(offset)
-                    self.starts.append(start)
                     self.ids.append(f"{book_id}-{start}")
-                    self._lengths.append(sum(len(str(q).split()) + len(str(a).split()) for q, a in chunk))
-        self._file = _PerProcessFile(spec.url)
+                    self._add_sample(offset, start, sum(len(str(q).split()) + len(str(a).split()) for q, a in chunk))
         self._image_names: dict[str, str] | None = None
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    @property
-    def rows_total(self) -> int:
-        return self._rows
-
-    def modality_lengths(self) -> list[int]:
-        return list(self._lengths)
 
     def _image_name(self, book_id: str) -> str | None:
         if self._image_names is None:  # one listing, on first use (a worker lists for itself)
@@ -75,8 +61,7 @@ class OcrVqaSource(Source):
     def __getitem__(self, index: int) -> RawSample:
         sample_id = self.ids[index]
         book_id = sample_id.rsplit("-", 1)[0]
-        book = read_record(self._file.get(), self.offsets[index])
-        start = self.starts[index]
+        book, start = self._record(index)
         pairs = list(zip(book["questions"], book["answers"]))[start : start + self.turns]
         turns = []
         for question, answer in pairs:

@@ -20,13 +20,13 @@ original image.
 
 from __future__ import annotations
 
-from array import array
 from typing import Any
 
 from vlm_core import storage
 from vlm_core.config import DatasetSpec
-from vlm_core.data.readers import Source, _image_root, _PerProcessFile, register_reader
-from vlm_core.data.sources.jsonscan import iter_array, read_record
+from vlm_core.data.readers import _image_root, register_reader
+from vlm_core.data.sources.chunked import ChunkedRecordSource
+from vlm_core.data.sources.jsonscan import iter_array
 from vlm_core.data.sources.prompts import pick
 from vlm_core.data.types import BadSample, RawSample
 
@@ -62,7 +62,7 @@ def qwen_box(box: tuple[float, float, float, float], width: int, height: int) ->
     return f"<box>({x1},{y1}),({x2},{y2})</box>"
 
 
-class VisualGenomeSource(Source):
+class VisualGenomeSource(ChunkedRecordSource):
     def __init__(self, spec: DatasetSpec) -> None:
         from tqdm import tqdm
 
@@ -73,19 +73,15 @@ class VisualGenomeSource(Source):
         self.image_root, self.box_format, self.seed = _image_root(spec), spec.box_format, spec.seed
         self.turns = spec.turns_per_sample
         self.images = self._image_data(storage.join(storage.parent(spec.url), "image_data.json"))
-        self.offsets, self.starts, self._lengths = array("q"), array("q"), array("q")
-        self._rows = 0
+        super().__init__(spec.url)
         with storage.open_url(spec.url, "rb") as f:
             for offset, record in tqdm(iter_array(f), desc=f"indexing {spec.url}", unit=" images", disable=None, leave=False):
                 items = record.get(self.items_key) or [] if isinstance(record, dict) else []
                 self._rows += len(items)
                 for start in range(0, len(items), self.turns):
                     chunk = items[start : start + self.turns]
-                    self.offsets.append(offset)
-                    self.starts.append(start)
                     words = sum(len(str(i.get("question", "")).split()) + len(str(i.get("answer", i.get("phrase", ""))).split()) for i in chunk)
-                    self._lengths.append(words + 12 * len(chunk))  # + the fixed prompt and the box
-        self._file = _PerProcessFile(spec.url)
+                    self._add_sample(offset, start, words + 12 * len(chunk))  # + the fixed prompt and the box
 
     @staticmethod
     def _image_data(url: str) -> dict[int, tuple[str, int, int]]:
@@ -99,19 +95,9 @@ class VisualGenomeSource(Source):
                 images[int(_image_id(image))] = (path, int(image["width"]), int(image["height"]))
         return images
 
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    @property
-    def rows_total(self) -> int:
-        return self._rows
-
-    def modality_lengths(self) -> list[int]:
-        return list(self._lengths)
-
     def __getitem__(self, index: int) -> RawSample:
-        record = read_record(self._file.get(), self.offsets[index])
-        start, image_id = self.starts[index], int(_image_id(record))
+        record, start = self._record(index)
+        image_id = int(_image_id(record))
         sample_id = f"{image_id}-{start}"
         if image_id not in self.images:
             raise BadSample("missing_image", f"image {image_id} is not in image_data.json", sample_id=sample_id)
