@@ -26,3 +26,16 @@ def s3_bucket(s3_server) -> str:
     fs.mkdir(name)
     s3fs.S3FileSystem.clear_instance_cache()
     return f"s3://{name}"
+
+
+# What a launcher (torchrun, the training operator) or accelerate leaves in the environment: a
+# test must not inherit a world from an earlier test (a stale MASTER_PORT is a port some other
+# process may hold), and the processes a test starts must not either.
+_WORLD_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                    "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_CPU")
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_world(monkeypatch):
+    for name in _WORLD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
