@@ -87,3 +87,14 @@ def test_two_processes_give_identical_results(setup):
     for name in ("results.json", "answers/synth_vqa.jsonl", "answers/synth_mmbench.jsonl"):
         assert (setup / "double" / name).read_text() == (setup / "single" / name).read_text(), name
     assert not list((setup / "double" / "answers").glob("*.rank*.jsonl"))
+
+
+def test_eval_flags_go_through_the_run_config_s_override_path(tmp_path):
+    """`vlm eval run --config` flags are run-config overrides: validated, the error names the key."""
+    import yaml
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "eval": {"benchmarks": ["synth_vqa"]}}))
+    result = CliRunner().invoke(main, ["eval", "run", "--config", str(config), "--batch-size", "0"])
+    assert result.exit_code == 1 and "eval.batch_size" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -42,7 +42,8 @@ class EvalSettings:
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **overrides: Any) -> EvalSettings:
-        """Settings from a run config's ``eval`` section; non-None ``overrides`` win."""
+        """Settings from a run config's ``eval`` section, plus where results go (``output``,
+        ``tensorboard``) and ``synth_root`` when given (not None)."""
         ev = cfg.eval
         values: dict[str, Any] = {
             "checkpoint": ev.checkpoint or cfg.stage_output(cfg.last_stage()),
@@ -188,7 +189,13 @@ def run_eval(
         overrides.update(output=output, tensorboard=storage.join(output, "tensorboard", "eval"))
     if cfg is not None:
         cfg = load_config(cfg) if isinstance(cfg, str) else cfg
-        settings = EvalSettings.from_config(cfg, **overrides)
+        # What the run config says goes through its one override path (validated, errors name the
+        # key); where results go and the synthetic data's folder are not run-config values.
+        in_config = {"checkpoint", "benchmarks", "limit", "batch_size", "max_new_tokens"}
+        cfg = cfg.with_overrides(
+            {f"eval.{k}": v for k, v in overrides.items() if k in in_config and v is not None}, source="eval options"
+        )
+        settings = EvalSettings.from_config(cfg, **{k: v for k, v in overrides.items() if k not in in_config})
         settings.data.update(specs)
     else:
         if checkpoint is None or output is None:
