@@ -29,7 +29,7 @@ from vlm_core.models.vision import (
     vision_model_config,
 )
 
-# The tiny LLM (DESIGN.md): Llama-style, width 128, 2 layers, 4 heads.
+# The tiny LLM (docs/ARCHITECTURE.md): Llama-style, width 128, 2 layers, 4 heads.
 TINY_LLM: dict[str, Any] = {
     "model_type": "llama",
     "hidden_size": 128,

@@ -52,7 +52,7 @@ from vlm_core.config import VisionConfig
 from vlm_core.models.qwen_vl_vit import QwenVLViTConfig, QwenVLViTModel
 from vlm_core.registry import Registry
 
-# The tiny preset shared by every family (DESIGN.md): 32 px, patch 8, width 64, 2 layers.
+# The tiny preset shared by every family (docs/ARCHITECTURE.md): 32 px, patch 8, width 64, 2 layers.
 _TINY = {"image_size": 32, "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 # What a PreTrainedModel's post_init gathers from its direct children; the tower forwards its
