@@ -257,6 +257,22 @@ def test_tiny_preset_and_overrides(tiny):
     assert other(input_ids=ids, pixel_values=_pixels(1)).logits.shape == (1, 11, len(other_processor.tokenizer))
 
 
+def test_quickstart_llm_starts_at_the_fan_in_scale():
+    """configs/quickstart.yaml's ``initializer_range`` reaches the random LLM's weights: at 0.02
+    (transformers' default) the width-128 model never learnt the multiple-choice letters (README)."""
+    from vlm_core.config import load_config
+
+    cfg = load_config("configs/quickstart.yaml")
+    model, processor = build_vlm(cfg.model, template=cfg.data.template, image_aspect=cfg.data.image_aspect,
+                                 tokenizer_texts=TEXTS, special_tokens=["<|im_start|>", "<|im_end|>"])
+    scale = cfg.model.llm.config["initializer_range"]
+    assert scale == pytest.approx(128**-0.5, rel=0.2)
+    for layer in model.language_model.model.layers:
+        for weight in (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.mlp.up_proj.weight):
+            assert weight.std().item() == pytest.approx(scale, rel=0.05)
+    assert processor.num_image_tokens == 4  # patch 16 on 32 px: one token per quadrant
+
+
 def test_pretrained_parts_load_by_path(tmp_path):
     """LLM + tokenizer and a vision encoder from folders: weights kept, <image> added, embeddings resized."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
