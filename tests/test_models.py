@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlm_core.config import ModelConfig
+from vlm_core.config import ModelConfig, load_config
+from vlm_core.data.templates import get_template
 from vlm_core.models import VLMForConditionalGeneration, build_vlm
 
 TEXTS = ["What colour is the shape?", "The red circle is in the top left.", "red", "circle", "square"]
@@ -260,13 +261,11 @@ def test_tiny_preset_and_overrides(tiny):
 def test_quickstart_llm_starts_at_the_fan_in_scale():
     """configs/quickstart.yaml's ``initializer_range`` reaches the random LLM's weights: at 0.02
     (transformers' default) the width-128 model never learnt the multiple-choice letters (README)."""
-    from vlm_core.config import load_config
-
     cfg = load_config("configs/quickstart.yaml")
     model, processor = build_vlm(cfg.model, template=cfg.data.template, image_aspect=cfg.data.image_aspect,
-                                 tokenizer_texts=TEXTS, special_tokens=["<|im_start|>", "<|im_end|>"])
+                                 tokenizer_texts=TEXTS, special_tokens=get_template(cfg.data.template).special_tokens)
     scale = cfg.model.llm.config["initializer_range"]
-    assert scale == pytest.approx(128**-0.5, rel=0.2)
+    assert scale == pytest.approx(cfg.model.llm.config["hidden_size"] ** -0.5, rel=0.2)
     for layer in model.language_model.model.layers:
         for weight in (layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.mlp.up_proj.weight):
             assert weight.std().item() == pytest.approx(scale, rel=0.05)
