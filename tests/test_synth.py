@@ -17,7 +17,15 @@ from PIL import Image
 from vlm_core.cli import main
 from vlm_core.config import DatasetSpec
 from vlm_core.data import open_source
-from vlm_core.data.synth import COLOURS, MULTIPLE_CHOICE, POSITIONS, SHAPES, SHORT_ANSWER, generate
+from vlm_core.data.synth import (
+    COLOURS,
+    MC_CONVERSATIONS,
+    MULTIPLE_CHOICE,
+    POSITIONS,
+    SHAPES,
+    SHORT_ANSWER,
+    generate,
+)
 
 TRAIN, EVAL = 40, 12
 CAPTION = re.compile(rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the ({'|'.join(POSITIONS)})")
@@ -58,7 +66,7 @@ def test_summary(synth_dir):
     summary = json.loads((synth_dir / "synth.json").read_text())
     assert summary["seed"] == 3 and summary["train_images"] == TRAIN and summary["eval_images"] == EVAL
     assert summary["chance"] == {"colour": 0.25, "shape": pytest.approx(1 / 3), "position": 0.25}
-    assert summary["instruct_samples"] == 6 * TRAIN and summary["vqa_questions"] == 3 * EVAL
+    assert summary["instruct_samples"] == (1 + MC_CONVERSATIONS) * TRAIN and summary["vqa_questions"] == 3 * EVAL
     for rel in summary["files"].values():
         assert (synth_dir / rel).exists(), rel
 
@@ -81,33 +89,32 @@ def test_align_captions_describe_the_image(synth_dir):
 def test_instruct_answers_agree_with_the_captions(synth_dir):
     captions = captions_by_image(synth_dir)
     source = open_source(DatasetSpec(url=str(synth_dir / "instruct.jsonl")))
-    kinds = {"colour": 0, "shape": 0, "position": 0, "mc": 0}
+    kinds = {"short answer": 0, "multiple choice": 0}
     mc_attributes = []
     for i in range(len(source)):
         sample = source[i]
         turns = sample.conversations
         colour, shape, position = captions[sample.images[0]]
-        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+        attribute_of = {colour: "colour", shape: "shape", position: "position"}
+        assert [t["from"] for t in turns] == ["human", "gpt"] * 3  # every attribute once
         assert turns[0]["value"].startswith("<image>\n")  # the image once, in the first turn
         assert not any("<image>" in t["value"] for t in turns[1:])
+        asked = []
         if turns[0]["value"].endswith(SHORT_ANSWER):
-            assert len(turns) == 2
-            kind = {colour: "colour", shape: "shape", position: "position"}[turns[1]["value"]]
-            kinds[kind] += 1
-            continue
-        # one multiple-choice conversation per image: every attribute once, LLaVA-1.5's MMBench prompt
-        assert len(turns) == 6
-        asked = set()
-        for question, answer in zip(turns[::2], turns[1::2]):
-            assert question["value"].endswith(MULTIPLE_CHOICE)
-            options = dict(re.findall(r"^([A-D])\. (.+)$", question["value"], flags=re.MULTILINE))
-            truth = next(v for v in (colour, shape, position) if v in options.values())
-            assert options[answer["value"]] == truth
-            asked.add({colour: "colour", shape: "shape", position: "position"}[truth])
-            mc_attributes.append([options[k] for k in sorted(options)])
-        assert asked == {"colour", "shape", "position"}
-        kinds["mc"] += 1
-    assert kinds == {"colour": TRAIN, "shape": 2 * TRAIN, "position": 2 * TRAIN, "mc": TRAIN}
+            assert all(q["value"].endswith(SHORT_ANSWER) for q in turns[::2])
+            asked = [attribute_of[a["value"]] for a in turns[1::2]]
+            kinds["short answer"] += 1
+        else:  # LLaVA-1.5's MMBench prompt, the answer a letter
+            for question, answer in zip(turns[::2], turns[1::2]):
+                assert question["value"].endswith(MULTIPLE_CHOICE)
+                options = dict(re.findall(r"^([A-D])\. (.+)$", question["value"], flags=re.MULTILINE))
+                truth = next(v for v in (colour, shape, position) if v in options.values())
+                assert options[answer["value"]] == truth
+                asked.append(attribute_of[truth])
+                mc_attributes.append([options[k] for k in sorted(options)])
+            kinds["multiple choice"] += 1
+        assert sorted(asked) == ["colour", "position", "shape"]
+    assert kinds == {"short answer": TRAIN, "multiple choice": MC_CONVERSATIONS * TRAIN}
     assert len({tuple(o) for o in mc_attributes}) > 10  # the options come in fresh orders
 
 
@@ -163,7 +170,7 @@ def test_training_samples_encode(synth_dir):
 def test_writes_to_s3(s3_bucket):
     generate(f"{s3_bucket}/synth", seed=1, train=4, eval_images=2)
     source = open_source(DatasetSpec(url=f"{s3_bucket}/synth/instruct.jsonl"))
-    assert len(source) == 6 * 4
+    assert len(source) == (1 + MC_CONVERSATIONS) * 4
     assert source[0].images[0].startswith(f"{s3_bucket}/synth/images/")
     from vlm_core import storage
 

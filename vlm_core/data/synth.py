@@ -5,8 +5,7 @@ files (``align.jsonl``: captions; ``instruct.jsonl``: short-answer and multiple-
 questions), and a held-out split (different images) is written in the published benchmark
 formats (VQAv2 questions/annotations, an MMBench TSV), so the real eval code scores it.
 
-Shapes are drawn large (0.7-0.95 of their quadrant) because small ones stall shape accuracy, and
-shape questions appear twice as often as colour or position ones (see the design notes).
+Shapes are drawn large (0.7-0.95 of their quadrant) because small ones stall shape accuracy.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ MC_QUESTIONS = {
 }
 CHOICES = {"colour": tuple(COLOURS), "shape": SHAPES, "position": POSITIONS}
 LETTERS = "ABCD"
+MC_CONVERSATIONS = 2  # per image, next to one short-answer conversation
 SUPERSAMPLE = 4  # draw larger, then area-average down: smooth edges, no ringing outside the shape
 
 
@@ -124,27 +124,29 @@ def mc_prompt(question: str, options: dict[str, str]) -> str:
 
 
 def instruct_records(image: str, scene: Scene, index: int, rng: Any) -> list[dict[str, Any]]:
-    """Six samples per image. Five single questions with short answers (LLaVA-1.5's VQA prompt):
-    colour, shape and position in both phrasings (the two slow attributes twice: position is
-    the last one a tiny model learns, left from right). One conversation of three multiple-choice turns (its MMBench
-    prompt), one per attribute in a random order, each with its options in a fresh random order,
-    the image in the first turn (LLaVA-1.5's multi-turn form)."""
-    records = []
-    asks = [("colour", int(rng.integers(2))), ("shape", 0), ("shape", 1), ("position", 0), ("position", 1)]
-    for k, (attribute, phrasing) in enumerate(asks):
-        question = f"{QUESTIONS[attribute][phrasing]}\n{SHORT_ANSWER}"
-        records.append(
-            {
-                "id": f"instruct-{index:05d}-{k}",
-                "image": image,
-                "conversations": [_human(question), {"from": "gpt", "value": scene.answer(attribute)}],
-            }
-        )
-    turns = []
-    for k in rng.permutation(len(CHOICES)):
-        question, options, answer = multiple_choice(scene, list(CHOICES)[k], rng)
-        turns += [_human(mc_prompt(question, options), image=not turns), {"from": "gpt", "value": answer}]
-    records.append({"id": f"instruct-{index:05d}-mc", "image": image, "conversations": turns})
+    """Three conversations per image, each asking about every attribute once, in a random order,
+    with the image in the first turn (LLaVA-1.5's multi-turn form): one of short answers (its VQA
+    prompt, either phrasing) and ``MC_CONVERSATIONS`` of multiple choice (its MMBench prompt, the
+    options in a fresh random order each time). Multiple choice gets most of the turns because its
+    letters are learnt long after the short answers (docs/ARCHITECTURE.md, synthetic data)."""
+    def turns(ask) -> list[dict[str, str]]:
+        out: list[dict[str, str]] = []
+        for k in rng.permutation(len(CHOICES)):
+            prompt, answer = ask(list(CHOICES)[k])
+            out += [_human(prompt, image=not out), {"from": "gpt", "value": answer}]
+        return out
+
+    def short_answer(attribute: str) -> tuple[str, str]:
+        phrasing = QUESTIONS[attribute][int(rng.integers(len(QUESTIONS[attribute])))]
+        return f"{phrasing}\n{SHORT_ANSWER}", scene.answer(attribute)
+
+    def lettered(attribute: str) -> tuple[str, str]:
+        question, options, answer = multiple_choice(scene, attribute, rng)
+        return mc_prompt(question, options), answer
+
+    records = [{"id": f"instruct-{index:05d}-vqa", "image": image, "conversations": turns(short_answer)}]
+    for k in range(MC_CONVERSATIONS):
+        records.append({"id": f"instruct-{index:05d}-mc{k}", "image": image, "conversations": turns(lettered)})
     return records
 
 
@@ -278,7 +280,7 @@ def _mmbench_tsv(scenes: list[tuple[Scene, bytes]], rng: Any) -> str:
 @click.command("synth")
 @click.argument("out")
 @click.option("--seed", default=0, show_default=True, help="Everything written follows from this seed.")
-@click.option("--train", "train", default=3000, show_default=True, help="Training images (6 instruct samples each).")
+@click.option("--train", "train", default=3000, show_default=True, help="Training images (3 instruct conversations each).")
 @click.option("--eval", "eval_images", default=300, show_default=True, help="Held-out eval images.")
 @click.option("--image-size", default=32, show_default=True, help="Image side in pixels.")
 def synth_command(out: str, seed: int, train: int, eval_images: int, image_size: int) -> None:
