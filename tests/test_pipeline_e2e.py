@@ -52,11 +52,14 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     by_type = results["synth_vqa"]["per_question_type"]
     for question_type, minimum in MIN_ACCURACY.items():
         assert by_type[question_type] >= minimum, (question_type, by_type)
-    # Issue 13's multiple-choice floor (circular >= 60 %, vanilla >= 80 %) is not reached in this
-    # budget (README: the letters are learnt one attribute at a time, and where shape's are learnt
-    # lies near the last step): they are scored by VLMEvalKit's rules and reported, not gated.
+    # Issue 13's multiple-choice floor (circular >= 60 %, vanilla >= 80 %) is reached by one seed of
+    # three in this budget (README: the letters are learnt one attribute at a time). Gated here: well
+    # above chance (vanilla 25-27 %, circular under 2 %) and above the recipe before (8.67 / 42.00).
+    mmbench_floor = {"circular_accuracy": 20.0, "vanilla_accuracy": 45.0}
     mmbench = results["synth_mmbench"]
     assert mmbench["num_questions"] == 300 and not mmbench["failed"] and not mmbench["missing_predictions"]
+    for metric, minimum in mmbench_floor.items():
+        assert mmbench[metric] >= minimum, (metric, mmbench[metric])
     assert len(mmbench["unmatched"]) < 0.05 * mmbench["num_passes"], mmbench["unmatched"][:5]  # it answers with letters
 
     # The data went through the stage step, and instruct started from align's checkpoint.
