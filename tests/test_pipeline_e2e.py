@@ -52,9 +52,10 @@ def test_local_pipeline_on_the_quickstart_config(tmp_path):
     by_type = results["synth_vqa"]["per_question_type"]
     for question_type, minimum in MIN_ACCURACY.items():
         assert by_type[question_type] >= minimum, (question_type, by_type)
-    # Issue 13's multiple-choice floor (circular >= 60 %, vanilla >= 80 %) is reached by one seed of
-    # three in this budget (README: the letters are learnt one attribute at a time). Gated here: well
-    # above chance (vanilla 25-27 %, circular under 2 %) and above the recipe before (8.67 / 42.00).
+    # Issue 13's multiple-choice floor (circular >= 60 %, vanilla >= 80 %) is not reached by every
+    # run in this budget (README: the letters are learnt one attribute at a time, and two runs of
+    # this test scored circular 64.00 and 35.67). Gated here: the letters are learnt at all, well
+    # above chance (circular under 2 %, vanilla 25-27 %).
     mmbench_floor = {"circular_accuracy": 20.0, "vanilla_accuracy": 45.0}
     mmbench = results["synth_mmbench"]
     assert mmbench["num_questions"] == 300 and not mmbench["failed"] and not mmbench["missing_predictions"]
