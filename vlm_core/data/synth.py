@@ -124,11 +124,13 @@ def mc_prompt(question: str, options: dict[str, str]) -> str:
 
 
 def instruct_records(image: str, scene: Scene, index: int, rng: Any) -> list[dict[str, Any]]:
-    """Three conversations per image, each asking about every attribute once, in a random order,
-    with the image in the first turn (LLaVA-1.5's multi-turn form): one of short answers (its VQA
-    prompt, either phrasing) and ``MC_CONVERSATIONS`` of multiple choice (its MMBench prompt, the
-    options in a fresh random order each time). Multiple choice gets most of the turns because its
-    letters are learnt long after the short answers (docs/ARCHITECTURE.md, synthetic data)."""
+    """One conversation of short answers (LLaVA-1.5's VQA prompt, either phrasing) and
+    ``MC_CONVERSATIONS`` of multiple choice (its MMBench prompt, the options in a fresh random
+    order each time) per image, each asking about every attribute once, in a random order, with
+    the image in the first turn (LLaVA-1.5's multi-turn form). Multiple choice gets most of the
+    turns because its letters are learnt long after the short answers (docs/ARCHITECTURE.md,
+    synthetic data)."""
+
     def turns(ask) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
         for k in rng.permutation(len(CHOICES)):
@@ -280,7 +282,10 @@ def _mmbench_tsv(scenes: list[tuple[Scene, bytes]], rng: Any) -> str:
 @click.command("synth")
 @click.argument("out")
 @click.option("--seed", default=0, show_default=True, help="Everything written follows from this seed.")
-@click.option("--train", "train", default=3000, show_default=True, help="Training images (3 instruct conversations each).")
+@click.option(
+    "--train", "train", default=3000, show_default=True,
+    help=f"Training images ({1 + MC_CONVERSATIONS} instruct conversations each).",
+)
 @click.option("--eval", "eval_images", default=300, show_default=True, help="Held-out eval images.")
 @click.option("--image-size", default=32, show_default=True, help="Image side in pixels.")
 def synth_command(out: str, seed: int, train: int, eval_images: int, image_size: int) -> None:
