@@ -50,6 +50,31 @@ def test_even_split_reads_each_sample_once(tmp_path):
     assert ranks != _epoch(_staged(tmp_path, 80, 10), world=2, epoch=1)
 
 
+def test_the_order_depends_on_the_seed_not_on_where_the_data_was_read_from(tmp_path):
+    """The same images staged from two folders: the shards record each image's path (so their
+    content hashes, and names, differ), yet one seed gives one order: a run does not change with
+    its data folder."""
+    from tests.published_datasets import image
+
+    def staged_from(folder):
+        folder.mkdir()
+        samples = []
+        for i in range(40):
+            path = folder / f"{i}.png"
+            path.write_bytes(image((i, 2, 3), (4, 4), "PNG"))
+            samples.append(RawSample(id=f"s{i}", images=[str(path)],
+                                     conversations=[{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]))
+        url = str(tmp_path / f"staged-{folder.name}")
+        stage_source(samples, url, source_info=SourceInfo(url=str(folder), format="list", fingerprint="t"),
+                     shard_samples=10, workers=1, progress=False)
+        return ShardSource(url)
+
+    here, there = staged_from(tmp_path / "here"), staged_from(tmp_path / "there")
+    assert [s.name for s in here.manifest.shards] != [s.name for s in there.manifest.shards]
+    assert _epoch(here, world=2) == _epoch(there, world=2)
+    assert [r.id for r in here.iter_samples(seed=3)] == [r.id for r in there.iter_samples(seed=3)]
+
+
 def test_uneven_shards_still_give_every_rank_the_same_number_of_steps(tmp_path):
     ranks = _epoch(_staged(tmp_path, 70, 10), world=2)  # 7 shards over 2 ranks
     assert [len(r) for r in ranks] == [35, 35]

@@ -329,10 +329,13 @@ class ShardSource:
         mine = assign_shards(
             self.manifest.shards, rank=rank, world_size=world_size, worker=worker, num_workers=num_workers, epoch=epoch, seed=seed, shuffle=shuffle
         )
+        # Shuffled by the shard's index, not its name: the name hashes the content, which records
+        # where the images were read from, and one seed must give one order wherever that was.
+        index = {shard.name: i for i, shard in enumerate(self.manifest.shards)}
         for shard in mine:
             samples = list(self.read(shard))
             if shuffle:
-                random.Random(f"{seed}:{epoch}:{shard.name}").shuffle(samples)
+                random.Random(f"{seed}:{epoch}:{index[shard.name]}").shuffle(samples)
             yield from samples
 
     def read(self, shard: ShardInfo) -> Iterator[RawSample]:

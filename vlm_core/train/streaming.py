@@ -6,7 +6,7 @@ random-access file, so each sample is read once per epoch across the job. The Tr
 shard the stream again (accelerate would make every rank read all of it and drop the batches of
 the others): `VLMTrainer` hands this dataset to a plain `StreamLoader`.
 
-What a consumer reads is a *plan* computed from metadata alone (block names and sample counts
+What a consumer reads is a *plan* computed from metadata alone (each block's index and sample count
 from the manifest, the seed, the epoch, the consumer): blocks of every source, interleaved at
 random in proportion to what each source still has to give, and taken ``WINDOW_BLOCKS`` at a
 time; the samples of a window are shuffled together (or, with ``group_by_length``, ordered in
@@ -131,8 +131,10 @@ class StreamingMixture(IterableDataset):
                 mine = assign_shards(
                     named, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=workers, epoch=epoch, seed=self.seed
                 )
-                for index, (name, samples) in mine:
-                    blocks.append(Block(d, index, round(samples * keep), samples, f"{self.seed}:{epoch}:{name}"))
+                # Keyed by the block's index, not its name: a staged shard's name hashes its
+                # content, which records where the images were read from.
+                for index, (_, samples) in mine:
+                    blocks.append(Block(d, index, round(samples * keep), samples, f"{self.seed}:{epoch}:{index}"))
             else:
                 slot, slots = self.rank * workers + worker, self.world_size * workers
                 order = np.random.default_rng([self.seed, epoch]).permutation(len(source))[slot::slots]
