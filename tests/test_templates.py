@@ -279,6 +279,30 @@ def test_llama_tokens_where_the_old_templates_differed(llama_tok):
     assert TEMPLATES.get("plain").stop_token_id(llama_tok) == llama_tok.convert_tokens_to_ids("<0x0A>")
 
 
+@pytest.mark.parametrize("name", ["llama", "bpe"])
+def test_tokenizer_view_gives_the_wrappers_ids(llama_tok, bpe_tok, name):
+    """The view calls the Rust tokenizer directly (the wrapper's bookkeeping dominated encoding
+    time): ids equal transformers' `tokenizer(text, add_special_tokens=False)`, and a tokenizer
+    set to split special tokens goes through the wrapper."""
+    import copy
+
+    from vlm_core.data.templates import TokenizerView
+
+    tok = llama_tok if name == "llama" else bpe_tok
+    texts = ["", " ", "USER: What colour?\n", " ASSISTANT: red</s>", "</s>USER", "a  b\t\nc", "<image>\nWhere is it?"]
+    view = TokenizerView(tok)
+    for text in texts:
+        for after_special in (False, True):
+            wrapper = tok(tok.eos_token + text if after_special else text, add_special_tokens=False)["input_ids"]
+            if after_special and wrapper and wrapper[0] == tok.eos_token_id:
+                wrapper = wrapper[1:]
+            assert view.encode(text, after_special) == wrapper, (text, after_special)
+    splitting = copy.deepcopy(tok)
+    splitting.split_special_tokens = True
+    assert TokenizerView(splitting).encode("</s>USER", False) == splitting("</s>USER", add_special_tokens=False)["input_ids"]
+    assert tok.eos_token_id not in TokenizerView(splitting).encode("</s>USER", False)
+
+
 def test_bpe_keeps_bos_as_an_id_and_ids_are_pinned(bpe_tok):
     """The project's byte-level BPE has no post-processor: the template writes BOS itself."""
     ids, labels = TEMPLATES.get("vicuna_v1").encode(SAMPLES["multi"], bpe_tok, IMG, 2)

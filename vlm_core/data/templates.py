@@ -203,13 +203,27 @@ class TokenizerView:
             (t for t in (tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token) if t is not None), None
         )
         self.sentinel_id = _token_ids(tokenizer, [self.sentinel])[0] if self.sentinel else None
+        self._special_ids: dict[str, int | None] = {}
+        self._ids = self._fast_ids(tokenizer) or (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @staticmethod
+    def _fast_ids(tokenizer: Any) -> Any:
+        """The Rust tokenizer's own encode where calling it is what transformers' wrapper would do
+        (no truncation, padding or special-token splitting): the wrapper's per-call bookkeeping
+        cost more than the tokenization of a short turn (about 2/3 of encoding a conversation)."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None or getattr(tokenizer, "split_special_tokens", False) or backend.encode_special_tokens:
+            return None
+        if backend.truncation is not None or backend.padding is not None:
+            return None
+        return lambda text: backend.encode(text, add_special_tokens=False).ids
 
     def encode(self, text: str, after_special: bool) -> list[int]:
         if after_special and self.sentinel_id is not None:
-            ids = self.tokenizer(self.sentinel + text, add_special_tokens=False)["input_ids"]
+            ids = self._ids(self.sentinel + text)
             if ids and ids[0] == self.sentinel_id:
                 return ids[1:]
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._ids(text)
 
     def token_id(self, token: Token) -> int:
         if token.name in (BOS, EOS):
@@ -218,7 +232,9 @@ class TokenizerView:
             if token_id is None:
                 raise ValueError(f"the template needs the tokenizer's {token.name}_token, which is not set")
             return token_id
-        token_id = _token_ids(self.tokenizer, [token.name])[0]
+        if token.name not in self._special_ids:  # a conversation repeats its few role tokens
+            self._special_ids[token.name] = _token_ids(self.tokenizer, [token.name])[0]
+        token_id = self._special_ids[token.name]
         if token_id is None:
             raise ValueError(f"the tokenizer has no {token.name!r} token")
         return token_id
