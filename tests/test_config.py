@@ -49,6 +49,17 @@ def test_unknown_field_and_dangling_dataset_rejected():
         parse_config(corpus)
 
 
+def test_position_init_std_is_for_random_towers_only():
+    pretrained = json.loads(json.dumps(MINIMAL))
+    pretrained["model"] = {"vision": {"name_or_path": "openai/clip-vit-large-patch14-336", "position_init_std": 1.0}}
+    with pytest.raises(ConfigError, match="position_init_std sets a random tower's initial position embeddings"):
+        parse_config(pretrained)
+    negative = json.loads(json.dumps(MINIMAL))
+    negative["model"] = {"vision": {"position_init_std": 0}}
+    with pytest.raises(ConfigError, match="model.vision.position_init_std"):
+        parse_config(negative)
+
+
 def test_epochs_xor_max_steps():
     both = json.loads(json.dumps(MINIMAL))
     both["stages"]["align"]["epochs"] = 1

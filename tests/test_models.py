@@ -230,6 +230,33 @@ def test_build_is_deterministic_per_seed():
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+@pytest.mark.parametrize("encoder", ["clip", "siglip", "dinov2", "qwen_vl_vit"])
+def test_position_init_std_redraws_only_the_position_table(encoder):
+    """The table comes out at the asked scale, the same for one seed, and no other weight moves
+    (its own generator: the rest of the model is the build without the option)."""
+    from vlm_core.models.vision import VISION_ENCODERS
+
+    def build(std):
+        cfg = ModelConfig.model_validate({"seed": 5, "vision": {"encoder": encoder, "position_init_std": std}})
+        return build_vlm(cfg, template="plain", image_aspect="square", tokenizer_texts=TEXTS)[0].state_dict()
+
+    table = "vision_tower.model." + VISION_ENCODERS.get(encoder).position_table
+    default, wide, again = build(None), build(1.5), build(1.5)
+    assert 1.2 < float(wide[table].std()) < 1.8 and float(default[table].std()) < 0.5
+    assert all(torch.equal(wide[k], again[k]) for k in wide)
+    assert [k for k in wide if not torch.equal(wide[k], default[k])] == [table]
+
+
+def test_position_init_std_needs_a_known_table():
+    from types import SimpleNamespace
+
+    from vlm_core.models.vision import redraw_position_table
+
+    # `auto` builds any transformers vision model, whose table's name is not known in advance
+    with pytest.raises(ValueError, match="encoder 'auto' has no known position-embedding table"):
+        redraw_position_table(SimpleNamespace(encoder="auto"), 1.0, seed=0)
+
+
 def test_tiny_preset_and_overrides(tiny):
     model, processor = tiny
     llm = model.language_model.config

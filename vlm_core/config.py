@@ -57,6 +57,21 @@ class VisionConfig(_Section):
     image_size: int | None = Field(
         None, gt=0, description="Input resolution; default: the encoder's own config (qwen_vl_vit as released: 448)."
     )
+    position_init_std: float | None = Field(
+        None,
+        gt=0,
+        description="Random towers only: std of the position-embedding table at init; default: the family's own "
+        "init (CLIP's 0.02 starts position at about 1/50 of a 16-px patch's embedding, so a tiny tower learns it last).",
+    )
+
+    @model_validator(mode="after")
+    def _position_init_needs_random_tower(self) -> VisionConfig:
+        if self.position_init_std is not None and self.name_or_path is not None:
+            raise ValueError(
+                "model.vision.position_init_std sets a random tower's initial position embeddings, but "
+                f"name_or_path ({self.name_or_path}) loads trained ones: remove position_init_std"
+            )
+        return self
 
 
 class ProjectorConfig(_Section):

@@ -26,6 +26,7 @@ from vlm_core.models.vision import (
     build_vision_tower,
     feature_layer,
     pretrained_image_processor,
+    redraw_position_table,
     vision_model_config,
 )
 
@@ -157,6 +158,8 @@ def build_vlm(
     torch.manual_seed(model_cfg.seed)
     # num_image_tokens is filled in by the model from its projector
     model = _construct(config, vision_tower=pretrained_tower, language_model=language_model)
+    if vision.position_init_std is not None:
+        redraw_position_table(model.vision_tower, vision.position_init_std, seed=model_cfg.seed)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
     )

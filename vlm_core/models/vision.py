@@ -9,6 +9,7 @@ whether to keep the prefix tokens (``feature_select``: ``patch`` drops CLS and r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class EncoderFamily:
     # The hidden state that feeds the projector when the run config does not say: LLaVA takes the
     # second-to-last layer of CLIP-like towers; Qwen-VL feeds its ViT's last block (it has no final norm).
     feature_layer: int = -2
+    # The position-embedding table's parameter name in the transformers model (what
+    # `model.vision.position_init_std` redraws); None where the family's layout is unknown (auto).
+    position_table: str | None = None
 
 
 VISION_ENCODERS: Registry[EncoderFamily] = Registry("vision encoder")
@@ -102,6 +106,7 @@ VISION_ENCODERS.add(
         CLIPVisionConfig,
         lambda s: CLIPImageProcessor(size={"shortest_edge": s}, crop_size=_square(s)),
         {**_TINY, "intermediate_size": 128},
+        position_table="embeddings.position_embedding.weight",
     ),
 )
 VISION_ENCODERS.add(
@@ -111,6 +116,7 @@ VISION_ENCODERS.add(
         SiglipVisionConfig,
         lambda s: SiglipImageProcessor(size=_square(s)),
         {**_TINY, "intermediate_size": 128},
+        position_table="embeddings.position_embedding.weight",
     ),
 )
 VISION_ENCODERS.add(
@@ -120,6 +126,7 @@ VISION_ENCODERS.add(
         ChineseCLIPVisionConfig,
         lambda s: ChineseCLIPImageProcessor(size={"shortest_edge": s}, crop_size=_square(s)),
         {**_TINY, "intermediate_size": 128},
+        position_table="embeddings.position_embedding.weight",
     ),
 )
 VISION_ENCODERS.add(
@@ -134,6 +141,7 @@ VISION_ENCODERS.add(
             image_std=IMAGENET_DEFAULT_STD,
         ),
         {**_TINY, "mlp_ratio": 2},
+        position_table="embeddings.position_embeddings",
     ),
 )
 VISION_ENCODERS.add(
@@ -145,6 +153,7 @@ VISION_ENCODERS.add(
         lambda s: CLIPImageProcessor(size=_square(s), do_center_crop=False, resample=PILImageResampling.BICUBIC),
         {**_TINY, "intermediate_size": 128, "num_positions": 16},
         feature_layer=-1,
+        position_table="positional_embedding",
     ),
 )
 VISION_ENCODERS.add(
@@ -267,6 +276,32 @@ def build_vision_tower(cfg: VisionConfig) -> VisionTower:
     model_class = VISION_ENCODERS.get(cfg.encoder).model_class
     model = model_class.from_pretrained(cfg.name_or_path, config=config)
     return VisionTower(model, cfg.encoder, layer, cfg.feature_select)
+
+
+def redraw_position_table(tower: VisionTower, std: float, seed: int) -> None:
+    """Draw a random tower's position embeddings anew, normal with ``std``, the same on every rank
+    and under any ZeRO stage (its own generator; gathered under ZeRO-3).
+
+    Why (docs/ARCHITECTURE.md, tiny presets): CLIP-style init draws the table and the patch
+    projection with one std, so a patch's embedding (a sum over 3 x 16 x 16 pixels) starts about 50
+    times larger than its position; a tiny tower then learns where things are last.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    name = VISION_ENCODERS.get(tower.encoder).position_table
+    if name is None:
+        raise ValueError(
+            f"encoder {tower.encoder!r} has no known position-embedding table: remove model.vision.position_init_std"
+        )
+    table = tower.model.get_parameter(name)
+    gathered = contextlib.nullcontext()
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters([table], modifier_rank=0)
+    generator = torch.Generator().manual_seed(seed)
+    with gathered, torch.no_grad():
+        table.copy_(torch.randn(tuple(table.shape), generator=generator) * std)
 
 
 def pretrained_image_processor(cfg: VisionConfig, tower: VisionTower) -> BaseImageProcessor:
