@@ -38,7 +38,7 @@ import random
 import tarfile
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -284,9 +284,12 @@ def _sample(key: str, record: dict[str, Any] | None, images: dict[int, bytes]) -
     )
 
 
+_Shard = TypeVar("_Shard")  # a ShardInfo, or anything standing for a shard (e.g. (index, shard))
+
+
 def assign_shards(
-    shards: list[ShardInfo], *, rank: int, world_size: int, worker: int, num_workers: int, epoch: int, seed: int = 0, shuffle: bool = True
-) -> list[ShardInfo]:
+    shards: list[_Shard], *, rank: int, world_size: int, worker: int, num_workers: int, epoch: int, seed: int = 0, shuffle: bool = True
+) -> list[_Shard]:
     """The shards one (rank, worker) reads in ``epoch``.
 
     Every consumer shuffles the shard list with the same ``(seed, epoch)`` and takes every
@@ -327,15 +330,15 @@ class ShardSource:
         shard (cheap: the shard is in memory after its one GET).
         """
         mine = assign_shards(
-            self.manifest.shards, rank=rank, world_size=world_size, worker=worker, num_workers=num_workers, epoch=epoch, seed=seed, shuffle=shuffle
+            list(enumerate(self.manifest.shards)), rank=rank, world_size=world_size, worker=worker, num_workers=num_workers,
+            epoch=epoch, seed=seed, shuffle=shuffle,
         )
         # Shuffled by the shard's index, not its name: the name hashes the content, which records
         # where the images were read from, and one seed must give one order wherever that was.
-        index = {shard.name: i for i, shard in enumerate(self.manifest.shards)}
-        for shard in mine:
+        for index, shard in mine:
             samples = list(self.read(shard))
             if shuffle:
-                random.Random(f"{seed}:{epoch}:{index[shard.name]}").shuffle(samples)
+                random.Random(f"{seed}:{epoch}:{index}").shuffle(samples)
             yield from samples
 
     def read(self, shard: ShardInfo) -> Iterator[RawSample]:
