@@ -146,3 +146,18 @@ def test_floats_written_without_a_dot_stay_floats(tmp_path):
     path.write_text(json.dumps(data).replace('"EPS"', "1e-05"))
     assert load_config(path).model.llm.config["rms_norm_eps"] == 1e-05
     assert parse_override("stages.align.learning_rate=2e-5") == ("stages.align.learning_rate", 2e-5)
+
+
+def test_decay_steps_go_with_warmup_stable_decay():
+    def stage(**fields):
+        cfg = json.loads(json.dumps(MINIMAL))
+        cfg["stages"]["align"].update(fields)
+        return cfg
+
+    with pytest.raises(ConfigError, match="warmup_stable_decay, and that scheduler needs it"):
+        parse_config(stage(lr_scheduler="warmup_stable_decay"))
+    with pytest.raises(ConfigError, match="decay_steps goes with lr_scheduler: warmup_stable_decay"):
+        parse_config(stage(decay_steps=5))
+    with pytest.raises(ConfigError, match=r"warmup_steps \(4\) \+ decay_steps \(8\) exceed max_steps \(10\)"):
+        parse_config(stage(lr_scheduler="warmup_stable_decay", decay_steps=8, warmup_steps=4))
+    assert parse_config(stage(lr_scheduler="warmup_stable_decay", decay_steps=6, warmup_steps=4)).stage("align").decay_steps == 6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from vlm_core.data.packing import make_packing_collator
@@ -65,3 +67,46 @@ def test_per_dataset_targets_follow_samples_in_packed_rows():
     assert sorted(datasets.tolist()) == [0, 0, 0, 1, 1, 1]
     padded = target_samples(torch.zeros(2, 5, dtype=torch.long), None, packed=False)
     assert padded.tolist() == [[0] * 4, [1] * 4]
+
+
+def test_warmup_stable_decay_holds_the_rate_until_the_last_decay_steps(tmp_path, monkeypatch):
+    """The stage config reaches the Trainer's own scheduler: linear warmup, flat, then a decay to 0
+    over exactly `decay_steps` (the quickstart's letters come in the flat part)."""
+    from accelerate import PartialState
+    from transformers import Trainer
+
+    from vlm_core.config import parse_config
+    from vlm_core.train.run import StagePaths, init_distributed, training_arguments
+
+    cfg = parse_config({
+        "data": {"datasets": {"caps": {"url": "data/align.jsonl"}}},
+        "stages": {"align": {"datasets": ["caps"], "trainable": ["projector"], "learning_rate": 1e-3,
+                             "max_steps": 100, "warmup_steps": 10, "lr_scheduler": "warmup_stable_decay",
+                             "decay_steps": 30}},
+        "distributed": {"deepspeed": "none"},
+    })
+    paths = StagePaths(str(tmp_path), str(tmp_path), str(tmp_path / "tb"), str(tmp_path / "tb"))
+    from vlm_core.ports import free_port
+
+    world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    for name, value in world.items():
+        monkeypatch.setenv(name, value)
+    init_distributed(cfg)  # what train_stage does first: the arguments reuse accelerate's state
+    try:
+        args = training_arguments(cfg, cfg.stage("align"), paths, on_cuda=False)
+        trainer = Trainer(model=torch.nn.Linear(2, 2), args=args)
+        trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    finally:
+        PartialState._reset_state()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    rates = []
+    for _ in range(100):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates[0] < rates[9] < 1e-3
+    assert all(abs(r - 1e-3) < 1e-12 for r in rates[10:70])
+    assert all(a > b for a, b in itertools.pairwise(rates[70:]))
+    assert rates[99] < 1e-5

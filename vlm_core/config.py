@@ -243,7 +243,12 @@ class StageConfig(_Section):
     learning_rate: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup", "warmup_stable_decay"] = "cosine"
+    decay_steps: int | None = Field(
+        None, gt=0,
+        description="warmup_stable_decay only: the last steps, in which the learning rate anneals to 0 "
+        "(cosine); it holds at learning_rate from the warmup's end until then.",
+    )
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     epochs: float | None = Field(None, gt=0)
@@ -266,6 +271,12 @@ class StageConfig(_Section):
             raise ValueError("give exactly one of epochs or max_steps")
         if not self.trainable:
             raise ValueError("trainable must name at least one of vision, projector, llm")
+        if (self.lr_scheduler == "warmup_stable_decay") != (self.decay_steps is not None):
+            raise ValueError("decay_steps goes with lr_scheduler: warmup_stable_decay, and that scheduler needs it")
+        if self.decay_steps is not None and self.max_steps is not None and self.decay_steps + self.warmup_steps > self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) + decay_steps ({self.decay_steps}) exceed max_steps ({self.max_steps})"
+            )
         return self
 
 

@@ -268,6 +268,7 @@ def training_arguments(cfg: RunConfig, stage: StageConfig, paths: StagePaths, on
         adam_beta1=stage.adam_betas[0],
         adam_beta2=stage.adam_betas[1],
         lr_scheduler_type=stage.lr_scheduler,
+        lr_scheduler_kwargs={"num_decay_steps": stage.decay_steps} if stage.decay_steps else {},
         warmup_steps=stage.warmup_steps or stage.warmup_ratio,
         max_grad_norm=stage.max_grad_norm,
         logging_steps=stage.logging_steps,
