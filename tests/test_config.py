@@ -158,6 +158,4 @@ def test_decay_steps_go_with_warmup_stable_decay():
         parse_config(stage(lr_scheduler="warmup_stable_decay"))
     with pytest.raises(ConfigError, match="decay_steps goes with lr_scheduler: warmup_stable_decay"):
         parse_config(stage(decay_steps=5))
-    with pytest.raises(ConfigError, match=r"warmup_steps \(4\) \+ decay_steps \(8\) exceed max_steps \(10\)"):
-        parse_config(stage(lr_scheduler="warmup_stable_decay", decay_steps=8, warmup_steps=4))
     assert parse_config(stage(lr_scheduler="warmup_stable_decay", decay_steps=6, warmup_steps=4)).stage("align").decay_steps == 6
