@@ -22,6 +22,9 @@ import yaml
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
+# Long enough that the kill below lands mid-stage on a fast machine: 16 steps once ended within
+# the 0.2 s between seeing checkpoint-8 and the kill (40 steps a second on a 2-core VM).
+ALIGN_STEPS = 64
 
 
 def _env() -> dict[str, str]:
@@ -43,7 +46,7 @@ def run_dir(tmp_path_factory) -> Path:
     for ds in cfg["data"]["datasets"].values():
         ds["url"] = str(root / "synth" / Path(ds["url"]).name)
         ds["image_root"] = str(root / "synth")
-    cfg["stages"]["align"].update(max_steps=16, save_steps=4, logging_steps=2, warmup_steps=2, per_device_batch_size=4)
+    cfg["stages"]["align"].update(max_steps=ALIGN_STEPS, save_steps=4, logging_steps=2, warmup_steps=2, per_device_batch_size=4)
     cfg["stages"]["instruct"].update(max_steps=4, save_steps=2, logging_steps=1, warmup_steps=1, per_device_batch_size=4)
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     return root
@@ -66,23 +69,24 @@ def test_align_killed_mid_stage_resumes_from_newest_checkpoint(run_dir: Path):
             time.sleep(0.2)
     finally:
         # every rank dies, as when a pod is evicted (torchrun puts its workers in sessions of their own)
-        launcher = psutil.Process(proc.pid)
-        for process in [*launcher.children(recursive=True), launcher]:
-            process.kill()
+        if proc.poll() is None:
+            launcher = psutil.Process(proc.pid)
+            for process in [*launcher.children(recursive=True), launcher]:
+                process.kill()
         proc.wait()
     assert not (run_dir / "out" / "align" / "model.safetensors").exists()
     newest = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").exists())
-    assert 8 <= newest < 16
+    assert 8 <= newest < ALIGN_STEPS
 
     resumed = subprocess.run(_torchrun(config, "align", "--resume", "auto"), check=False, env=_env(), cwd=run_dir,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"resuming from {checkpoints}/checkpoint-{newest}" in resumed.stderr
-    final = _trainer_state(checkpoints / "checkpoint-16")
-    assert final["global_step"] == 16
+    final = _trainer_state(checkpoints / f"checkpoint-{ALIGN_STEPS}")
+    assert final["global_step"] == ALIGN_STEPS
     # the resumed run logged only steps after the checkpoint it started from
     steps = [entry["step"] for entry in final["log_history"] if "loss" in entry]
-    assert steps == sorted(set(steps)) and steps[-1] == 16
+    assert steps == sorted(set(steps)) and steps[-1] == ALIGN_STEPS
     first, last = final["log_history"][0]["loss"], [e["loss"] for e in final["log_history"] if "loss" in e][-1]
     assert last < first, "alignment loss did not drop"
     assert (run_dir / "out" / "align" / "model.safetensors").exists()
