@@ -46,6 +46,7 @@ def eval_run(config, checkpoint, benchmarks, output, synth_root, limit, batch_si
         from vlm_core.eval.report import results_markdown
 
         click.echo(results_markdown(results), nl=False)
+    distributed.shutdown()
 
 
 @eval_group.command("score")
