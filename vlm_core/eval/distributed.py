@@ -68,9 +68,8 @@ def shutdown() -> None:
     exception", SIGABRT) after writing their results, and torchrun reported the job failed.
     """
     if _distributed():
-        state = _state()
-        state.wait_for_everyone()  # no rank tears down the group while another still uses it
-        state.destroy_process_group()
+        barrier()  # no rank tears down the group while another still uses it
+        _state().destroy_process_group()
 
 
 def device() -> str:
